@@ -1,0 +1,152 @@
+"""The ``privtune`` command. Subcommands import their heavy dependencies lazily so
+``privtune info`` answers in about a second."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ondevice.runtime_check import OnnxRuntimeInstallError, check_onnxruntime_install
+
+if TYPE_CHECKING:
+    from export.classifier import Classifier
+
+app = typer.Typer(
+    name="privtune",
+    help="On-device private learning for a text safety classifier.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+@app.callback()
+def _startup() -> None:
+    """Refuse to run on a broken ONNX Runtime install (plain onnxruntime beside the training build)."""
+    try:
+        check_onnxruntime_install()
+    except OnnxRuntimeInstallError as exc:
+        console.print(f"[bold red]privtune: {exc}[/]")
+        raise typer.Exit(code=3) from exc
+
+
+@app.command()
+def info(as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False) -> None:
+    """Versions of every pinned component, and where models and data were found."""
+    from privtune.components import environment_report
+
+    report = environment_report()
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=f"privtune on Python {report['python']} ({report['cpu_count']} CPUs)")
+    for column in ("component", "installed", "pinned", ""):
+        table.add_column(column)
+    for row in report["components"]:
+        mark = "[green]ok[/]" if row["ok"] else "[red]MISMATCH[/]" if row["installed"] else "[red]MISSING[/]"
+        table.add_row(row["name"], row["installed"] or "-", row["pinned"] or "(any)", mark)
+    out.print(table)
+    models, data = report["models"], report["data"]
+    out.print(f"encoder   {models['encoder']['id']}: {models['encoder']['packaged_dir'] or '[red]not installed[/]'}")
+    gen = models["generator"]
+    out.print(f"generator {gen['id']}: gguf {gen['packaged_gguf'] or '[red]not installed[/]'}")
+    out.print(f"          converted cache: {gen['converted_cache'] or '(not yet converted; first use takes ~35 s)'}")
+    if data["root"]:
+        sizes = ", ".join(
+            f"{task} {sum(s.values())} ({'/'.join(str(n) for n in s.values())})"
+            for task, s in data["tweeteval"].items()
+        )
+        out.print(f"data      {data['root']}: tweeteval {sizes} (train/val/test)")
+    else:
+        out.print(f"data      [red]{data['error']}[/]")
+    if not all(row["ok"] for row in report["components"]):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def classify(
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="A saved classifier folder. Default: a fresh, UNTRAINED head on the packaged encoder."),
+    ] = None,
+    file: Annotated[Path | None, typer.Option(help="Read texts from this file, one per line.")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Torch intra-op threads.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Classify texts with a PyTorch classifier (the phone runtimes come with `privtune export`)."""
+    items = list(texts or [])
+    if file is not None:
+        if not file.is_file():
+            console.print(f"[red]privtune classify: {file} not found[/]")
+            raise typer.Exit(code=2)
+        items += [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not items:
+        console.print("[red]privtune classify: give texts as arguments or --file[/]")
+        raise typer.Exit(code=2)
+    import torch
+
+    from export.classifier import ClassifierFormatError, build_classifier, load_classifier
+    from export.model_store import ModelNotFoundError
+
+    torch.set_num_threads(threads)
+    try:
+        with console.status("loading classifier"):
+            clf = load_classifier(model) if model is not None else build_classifier()
+    except (ClassifierFormatError, ModelNotFoundError) as exc:
+        console.print(f"[red]privtune classify: {exc}[/]")
+        raise typer.Exit(code=2) from exc
+    if model is None:
+        console.print(
+            "[yellow]note: no --model given; the head is untrained, so these probabilities mean nothing yet.[/]"
+        )
+    probs = _classify_with_progress(clf, items)
+    rows = [
+        {"text": t, **{label: float(p) for label, p in zip(clf.spec.labels, row, strict=True)}}
+        for t, row in zip(items, probs, strict=True)
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table()
+    table.add_column("text", overflow="fold", max_width=60)
+    for label in clf.spec.labels:
+        table.add_column(f"p({label})", justify="right")
+    for row in rows:
+        table.add_row(str(row["text"]), *(f"{row[label]:.3f}" for label in clf.spec.labels))
+    out.print(table)
+
+
+def _classify_with_progress(clf: Classifier, items: list[str], chunk: int = 256) -> list[list[float]]:
+    from rich.progress import Progress
+
+    results: list[list[float]] = []
+    with Progress(console=console, transient=True, disable=len(items) <= chunk) as progress:
+        task = progress.add_task("classifying", total=len(items))
+        for start in range(0, len(items), chunk):
+            results.extend(clf.classify(items[start : start + chunk]).tolist())
+            progress.advance(task, min(chunk, len(items) - start))
+    return results
+
+
+def main() -> None:
+    """Console entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

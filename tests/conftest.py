@@ -1,0 +1,42 @@
+"""Shared fixtures. Tests run offline: models come from the packaged weights, data from
+``../shared/data`` (or ``$PRIVTUNE_DATA_DIR``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def offensive_dir() -> Path:
+    from ondevice.data import tweeteval_task_dir
+
+    return tweeteval_task_dir("offensive")
+
+
+@pytest.fixture(scope="session")
+def hate_dir() -> Path:
+    from ondevice.data import tweeteval_task_dir
+
+    return tweeteval_task_dir("hate")
+
+
+@pytest.fixture(scope="session")
+def classifier():  # type: ignore[no-untyped-def]
+    """One fresh classifier (packaged MiniLM + LoRA r8 on query/value + 2-label head), seed 0.
+
+    Tests that change its weights must restore them (``trainable_state`` / ``load_trainable_state``).
+    """
+    import torch
+
+    from export.classifier import build_classifier
+
+    torch.set_num_threads(2)
+    return build_classifier(seed=0)

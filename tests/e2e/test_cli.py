@@ -1,0 +1,72 @@
+"""The installed `privtune` command, run as a user would (subprocess, real models and data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PRIVTUNE = Path(sys.executable).parent / "privtune"
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    if not PRIVTUNE.is_file():
+        pytest.fail(f"{PRIVTUNE} is missing; install with `make test` (pip install -e .)")
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([str(PRIVTUNE), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_info_json_reports_pins_models_and_data() -> None:
+    result = run("info", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    components = {c["name"]: c for c in report["components"]}
+    assert components["onnxruntime-training-cpu"]["installed"] == "1.19.2"
+    assert components["torch"]["installed"].startswith("2.13.0")
+    assert all(c["ok"] for c in components.values())
+    assert report["models"]["encoder"]["packaged_dir"].endswith("model")
+    assert report["models"]["generator"]["packaged_gguf"].endswith(".gguf")
+    assert report["data"]["tweeteval"]["offensive"] == {"train": 11916, "val": 1324, "test": 860}
+
+
+def test_info_table_is_readable() -> None:
+    result = run("info")
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime-training-cpu" in result.stdout and "MISMATCH" not in result.stdout
+
+
+def test_classify_packaged_encoder_smoke() -> None:
+    result = run("classify", "--json", "have a lovely day", "you are a disgrace")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["text"] for r in rows] == ["have a lovely day", "you are a disgrace"]
+    for row in rows:
+        assert abs(row["safe"] + row["unsafe"] - 1.0) < 1e-5
+    assert "head is untrained" in result.stderr
+
+
+def test_classify_saved_model_and_file_input(classifier, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = classifier.save(tmp_path / "clf")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first line\n\nsecond line\n", encoding="utf-8")
+    result = run("classify", "--json", "--model", str(folder), "--file", str(texts))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    expected = classifier.classify(["first line", "second line"])
+    assert [r["text"] for r in rows] == ["first line", "second line"]
+    for row, probs in zip(rows, expected, strict=True):
+        assert abs(row["unsafe"] - float(probs[1])) < 1e-5
+    assert "untrained" not in result.stderr
+
+
+def test_classify_errors_are_clear(tmp_path: Path) -> None:
+    result = run("classify")
+    assert result.returncode == 2 and "give texts" in result.stderr
+    result = run("classify", "--model", str(tmp_path), "hello")
+    assert result.returncode == 2 and "not a privtune classifier" in result.stderr
+    result = run("classify", "--file", str(tmp_path / "missing.txt"))
+    assert result.returncode == 2 and "not found" in result.stderr

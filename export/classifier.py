@@ -219,7 +219,26 @@ def _check_texts(texts: Sequence[str]) -> None:
 def _load_encoder(path: Path) -> Any:
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(path, attn_implementation="eager")
+    # Dropout off everywhere: LoRA fine-tuning does not need it, and per-example gradients must be
+    # deterministic so every runtime (eager, ORT, ExecuTorch) computes the same step.
+    return AutoModel.from_pretrained(
+        path, attn_implementation="eager", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+
+
+def check_spec_fits(spec: ClassifierSpec, base: Any) -> None:
+    """Refuse LoRA targets the encoder lacks, a rank above the hidden size, or a max_seq_len
+    beyond its position table — with the values that would work."""
+    hidden = int(base.config.hidden_size)
+    if spec.lora.rank > hidden:
+        raise ValueError(f"LoRA rank {spec.lora.rank} exceeds the encoder's hidden size {hidden}")
+    positions = int(base.config.max_position_embeddings)
+    if spec.max_seq_len > positions:
+        raise ValueError(f"max_seq_len {spec.max_seq_len} exceeds the encoder's {positions} positions")
+    linear_names = sorted({name.rsplit(".", 1)[-1] for name, module in base.named_modules() if isinstance(module, nn.Linear)})
+    missing = [t for t in spec.lora.targets if t not in linear_names]
+    if missing:
+        raise ValueError(f"LoRA target module(s) {missing} not found in the encoder; its linear layers are {linear_names}")
 
 
 def build_classifier(
@@ -233,6 +252,7 @@ def build_classifier(
     resolved = resolve_encoder(encoder)
     torch.manual_seed(seed)  # peft initialises lora_A with torch's global RNG
     base = _load_encoder(resolved.path)
+    check_spec_fits(spec, base)
     lora = LoraConfig(
         r=spec.lora.rank,
         lora_alpha=spec.lora.alpha,  # type: ignore[arg-type]  # peft annotates int; floats work

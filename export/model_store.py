@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ondevice.bundle import file_sha256
+
 ENCODER_ID = "sentence-transformers/all-MiniLM-L6-v2"
 GENERATOR_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CACHE_ENV = "PRIVTUNE_CACHE"
@@ -125,15 +127,6 @@ def _local(path: Path) -> ResolvedModel:
     if not _is_model_dir(path):
         raise ModelNotFoundError(f"{path} is not a model folder (no config.json in it)")
     return ResolvedModel(str(path.resolve()), path.resolve(), "local")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Streaming sha256 of one file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_sha256(model_dir: Path) -> str:

@@ -126,6 +126,96 @@ def classify(
     out.print(table)
 
 
+def _csv(value: str, option: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not items:
+        console.print(f"[red]privtune export: {option} needs at least one comma-separated value[/]")
+        raise typer.Exit(code=2)
+    return items
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="Bundle folder to write (atomically).")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A classifier folder, an encoder folder or hub id, or 'packaged' (default: packaged encoder)."
+        ),
+    ] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank (new adapters only; default 8).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="LoRA alpha (new adapters only; default 16).")] = None,
+    targets: Annotated[
+        str | None, typer.Option(help="LoRA target modules, comma-separated (default query,value).")
+    ] = None,
+    labels: Annotated[str | None, typer.Option(help="Label names, comma-separated (default safe,unsafe).")] = None,
+    max_seq_len: Annotated[int, typer.Option(help="Upper bound of the dynamic sequence axis.")] = 128,
+    backends: Annotated[str, typer.Option(help="Comma-separated: ort, executorch.")] = "ort,executorch",
+    quantize: Annotated[str, typer.Option(help="int8 or none (ExecuTorch inference).")] = "int8",
+    optimizer: Annotated[str, typer.Option(help="ORT optimizer model(s): adamw, sgd, or adamw,sgd.")] = "adamw,sgd",
+    dp_batch_size: Annotated[int, typer.Option(help="Batch of the ExecuTorch per-example-gradient program.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of a new adapter and head.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Export a classifier to a phone bundle: ORT Training + ExecuTorch artifacts, tokenizer, manifest."""
+    import torch
+
+    from export.bundle import ExportError, check_output_dir, classifier_for_export, export_bundle
+    from export.bundle_types import ExportOptions
+    from ondevice.protocol import LoraSpec, ProtocolError
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        check_output_dir(out.absolute(), force=force)
+        options = ExportOptions(
+            max_seq_len=max_seq_len,
+            backends=_csv(backends, "--backends"),
+            optimizers=_csv(optimizer, "--optimizer"),
+            quantize=() if quantize == "none" else _csv(quantize, "--quantize"),
+            dp_batch_size=dp_batch_size,
+        )
+        lora = None
+        if rank is not None or alpha is not None or targets is not None:
+            default = LoraSpec()
+            lora = LoraSpec(
+                rank=default.rank if rank is None else rank,
+                alpha=default.alpha if alpha is None else alpha,
+                targets=default.targets if targets is None else _csv(targets, "--targets"),
+            )
+        with console.status("loading classifier"):
+            clf, trained = classifier_for_export(
+                model,
+                lora=lora,
+                labels=_csv(labels, "--labels") if labels else None,
+                max_seq_len=max_seq_len,
+                seed=seed,
+            )
+        if not trained:
+            console.print(
+                "[yellow]note: exporting a fresh adapter with an UNTRAINED head (no classifier folder given).[/]"
+            )
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("starting", total=None)
+            report = export_bundle(
+                clf, out, options, force=force, progress=lambda message: bar.update(task, description=message)
+            )
+    except (ExportError, ProtocolError, ValueError) as exc:
+        console.print(f"[red]privtune export: {exc}[/]")
+        raise typer.Exit(code=2) from exc
+    manifest = report.manifest
+    table = Table(title=f"{report.bundle_dir} (manifest {manifest.manifest_hash()[:12]})")
+    for column in ("file", "backend", "role", "MB"):
+        table.add_column(column)
+    for entry in manifest.files:
+        table.add_row(entry.path, entry.backend, entry.role, f"{entry.size_bytes / 1e6:.1f}")
+    out_console = Console()
+    out_console.print(table)
+    stages = ", ".join(f"{k} {v:.0f}s" for k, v in report.stage_seconds.items())
+    out_console.print(f"{len(manifest.trainable)} trainable tensors, {manifest.trainable_numel} parameters; {stages}")
+
+
 def _classify_with_progress(clf: Classifier, items: list[str], chunk: int = 256) -> list[list[float]]:
     from rich.progress import Progress
 

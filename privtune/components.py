@@ -11,7 +11,6 @@ from typing import Any
 
 from export.model_store import (
     GENERATOR_ID,
-    ModelNotFoundError,
     cache_root,
     packaged_encoder_dir,
     packaged_generator_gguf,
@@ -88,7 +87,7 @@ def environment_report() -> dict[str, Any]:
     try:
         data_root: str | None = str(default_data_root())
         data_error = None
-    except (DataError, ModelNotFoundError) as exc:
+    except DataError as exc:
         data_root, data_error = None, str(exc)
     tasks: dict[str, dict[str, int]] = {}
     if data_root is not None:

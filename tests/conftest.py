@@ -40,3 +40,31 @@ def classifier():  # type: ignore[no-untyped-def]
 
     torch.set_num_threads(2)
     return build_classifier(seed=0)
+
+
+def perturb_trainable(clf, seed: int, scale: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    """Add seeded Gaussian noise to every trainable tensor (so lora_B is non-zero)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in clf.trainable_parameters().values():
+            param.add_(scale * torch.randn(param.shape, generator=generator))
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One full bundle (ORT + ExecuTorch, int8, AdamW + SGD) exported once per test session from
+    its own classifier (packaged encoder, seed 0, trainable tensors perturbed with seed 123)."""
+    import torch
+
+    from export.bundle import export_bundle
+    from export.bundle_types import ExportOptions
+    from export.classifier import build_classifier
+
+    torch.set_num_threads(2)
+    clf = build_classifier(seed=0)
+    perturb_trainable(clf, seed=123)
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    export_bundle(clf, out, ExportOptions())
+    return out

@@ -54,7 +54,9 @@ def _latency(clf: Classifier, bundle: Path, threads: int) -> dict[str, object]:
 
     timings = [
         time_fn("pytorch_eager", eager, repeats=30, warmup=5),
-        time_fn("ort", lambda: session.run(["logits"], {"input_ids": ids, "attention_mask": mask}), repeats=30, warmup=5),
+        time_fn(
+            "ort", lambda: session.run(["logits"], {"input_ids": ids, "attention_mask": mask}), repeats=30, warmup=5
+        ),
         time_fn("executorch_fp32", lambda: et_fp32(ids, mask), repeats=30, warmup=5),
         time_fn("executorch_int8", lambda: et_int8(ids, mask), repeats=30, warmup=5),
     ]

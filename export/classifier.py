@@ -235,10 +235,14 @@ def check_spec_fits(spec: ClassifierSpec, base: Any) -> None:
     positions = int(base.config.max_position_embeddings)
     if spec.max_seq_len > positions:
         raise ValueError(f"max_seq_len {spec.max_seq_len} exceeds the encoder's {positions} positions")
-    linear_names = sorted({name.rsplit(".", 1)[-1] for name, module in base.named_modules() if isinstance(module, nn.Linear)})
+    linear_names = sorted(
+        {name.rsplit(".", 1)[-1] for name, module in base.named_modules() if isinstance(module, nn.Linear)}
+    )
     missing = [t for t in spec.lora.targets if t not in linear_names]
     if missing:
-        raise ValueError(f"LoRA target module(s) {missing} not found in the encoder; its linear layers are {linear_names}")
+        raise ValueError(
+            f"LoRA target module(s) {missing} not found in the encoder; its linear layers are {linear_names}"
+        )
 
 
 def build_classifier(

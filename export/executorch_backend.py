@@ -524,6 +524,15 @@ class EtInference:
         return np.asarray(logits.numpy(), dtype=np.float32).copy()
 
 
+def set_threads(threads: int) -> None:
+    """Size ExecuTorch's XNNPACK thread pool (a private pybindings call, kept in this module)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, found {threads!r}")
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    _unsafe_reset_threadpool(threads)
+
+
 def load_inference(path: str | Path) -> EtInference:
     """Load an inference .pte (fp32 or int8)."""
     return EtInference(path)

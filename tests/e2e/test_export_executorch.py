@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,7 @@ def _train_briefly(clf: Classifier, data: LabelledTexts, steps: int = 30, batch:
         logits = clf.model(tokens["input_ids"], tokens["attention_mask"])  # [b, L]
         loss = F.cross_entropy(logits, torch.tensor([data.labels[i] for i in idx]))
         optimizer.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
 
 
@@ -77,7 +77,7 @@ OPTIONS = ExportOptions(max_seq_len=MAX_SEQ_LEN, dp_batch_size=DP_BATCH, inferen
 WORKER_ROLES = ("training", "inference_fp32")  # exported in a second process: export is single-threaded Python
 
 
-def _export_worker(state_path: str, folder: str, timings_path: str) -> None:
+def _export_worker(state_path: str, folder: str, result_path: str) -> None:
     """Subprocess entry: rebuild the session classifier, load the fixture's weights, export WORKER_ROLES."""
     from export.classifier import build_classifier
 
@@ -85,16 +85,16 @@ def _export_worker(state_path: str, folder: str, timings_path: str) -> None:
     clf = build_classifier(seed=0)  # as the session fixture (conftest)
     clf.load_trainable_state(dict(np.load(state_path)))
     timings: dict[str, float] = {}
-    export_executorch(clf, Path(folder), OPTIONS, roles=WORKER_ROLES, timings=timings)
-    Path(timings_path).write_text(json.dumps(timings))
+    files = export_executorch(clf, Path(folder), OPTIONS, roles=WORKER_ROLES, timings=timings)
+    Path(result_path).write_text(json.dumps({"timings": timings, "files": [asdict(f) for f in files]}))
 
 
 def _start_worker(folder: Path, state: dict[str, np.ndarray]) -> subprocess.Popen[bytes]:
-    np.savez(folder / "state.npz", **state)
+    np.savez(folder / "state.npz", **state)  # type: ignore[arg-type]
     code = "import sys; from tests.e2e.test_export_executorch import _export_worker; _export_worker(*sys.argv[1:])"
-    args = [str(folder / "state.npz"), str(folder), str(folder / "timings.json")]
-    log = (folder / "worker.log").open("wb")
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-c", code, str(folder / "state.npz"), str(folder), str(folder / "worker.json")]
+    with (folder / "worker.log").open("wb") as log:
+        return subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +122,16 @@ def exported(
             mine = [r for r in ROLES if r not in WORKER_ROLES]
             files = export_executorch(classifier, folder, OPTIONS, roles=mine, timings=timings)
         finally:
-            code = worker.wait(timeout=1500)
+            try:
+                code = worker.wait(timeout=1500)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                raise
         if code != 0:
             raise RuntimeError(f"export worker failed ({code}):\n{(folder / 'worker.log').read_text()[-3000:]}")
-        timings |= json.loads((folder / "timings.json").read_text())
-        files += [WrittenFile(f"executorch/{role}.pte", "executorch", role) for role in WORKER_ROLES]
+        result = json.loads((folder / "worker.json").read_text())
+        timings |= result["timings"]
+        files += [WrittenFile(**f) for f in result["files"]]
         for f in files:
             size = (folder / f.path).stat().st_size / 1e6
             print(f"\n[executorch] {f.role}: {size:.1f} MB, export {timings[f.role]:.1f} s (two exports in parallel)")

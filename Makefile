@@ -25,9 +25,15 @@ pytest: venv
 
 test: lint typecheck pytest
 
+DEMO_BUNDLE ?= build/demo-bundle
+
 demo: venv
 	$(BIN)/privtune info
 	$(BIN)/privtune classify "have a lovely day, friend" "@user you are a disgrace, shut up"
+	@# Export once (several minutes: ExecuTorch lowering); later runs only re-verify the cached bundle.
+	@if [ -f $(DEMO_BUNDLE)/manifest.json ]; then echo "reusing $(DEMO_BUNDLE)"; \
+	else mkdir -p $(dir $(DEMO_BUNDLE)) && $(BIN)/privtune export --out $(DEMO_BUNDLE); fi
+	$(BIN)/privtune verify $(DEMO_BUNDLE)
 
 bench: venv
 	$(PY) -m bench

@@ -25,8 +25,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)  # never fold paths in messages
+out = Console(soft_wrap=True)
 
 
 @app.callback()
@@ -214,6 +214,23 @@ def export(
     out_console.print(table)
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in report.stage_seconds.items())
     out_console.print(f"{len(manifest.trainable)} trainable tensors, {manifest.trainable_numel} parameters; {stages}")
+
+
+@app.command()
+def verify(bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `privtune export`.")]) -> None:
+    """Check a bundle's manifest and every file's size and sha256; print what it holds."""
+    from ondevice.bundle import BundleError, verify_bundle
+
+    try:
+        manifest = verify_bundle(bundle)
+    except BundleError as exc:
+        console.print(f"[red]privtune verify: {exc}[/]")
+        raise typer.Exit(code=1) from exc
+    out.print(
+        f"{bundle}: ok — manifest {manifest.manifest_hash()[:12]}, {len(manifest.files)} files, "
+        f"{len(manifest.trainable)} trainable tensors ({manifest.trainable_numel} parameters), "
+        f"labels {list(manifest.labels)}, max_seq_len {manifest.max_seq_len}"
+    )
 
 
 def _classify_with_progress(clf: Classifier, items: list[str], chunk: int = 256) -> list[list[float]]:

@@ -185,3 +185,12 @@ def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path) -> None:
     out.mkdir()
     result = _cli("--out", str(out))
     assert result.returncode == 2 and "pass --force" in result.stderr
+
+
+def test_cli_verify_reports_ok_and_names_damage(bundle_copy: Path) -> None:
+    exe = Path(sys.executable).parent / "privtune"
+    good = subprocess.run([str(exe), "verify", str(bundle_copy)], capture_output=True, text=True, timeout=120)
+    assert good.returncode == 0 and "ok" in good.stdout and "74498 parameters" in good.stdout
+    (bundle_copy / "tokenizer" / "vocab.txt").write_text("tampered")
+    bad = subprocess.run([str(exe), "verify", str(bundle_copy)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "tokenizer/vocab.txt" in bad.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -248,6 +249,8 @@ def _classify_with_progress(clf: Classifier, items: list[str], chunk: int = 256)
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # torch.export pickles pytree specs and warns once per copy: hundreds of identical lines per export.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
     try:
         app()
     except KeyboardInterrupt:

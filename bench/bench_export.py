@@ -35,7 +35,7 @@ def _tokens_of_length(clf: Classifier, length: int) -> tuple[np.ndarray, np.ndar
 def _latency(clf: Classifier, bundle: Path, threads: int) -> dict[str, object]:
     import onnxruntime as ort
 
-    from export.executorch_backend import load_inference, set_threads
+    from ondevice.et_runtime import load_inference, set_threads
 
     ids, mask = _tokens_of_length(clf, SEQ_LEN)
     torch.set_num_threads(threads)

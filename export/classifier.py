@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from export.model_store import ModelNotFoundError, ResolvedModel, resolve_encoder, weights_sha256
-from ondevice.protocol import LoraSpec, TensorSpec
+from ondevice.protocol import LoraSpec, TensorSpec, canonical_name
 
 DEFAULT_LABELS = ("safe", "unsafe")
 FORMAT_NAME = "privtune-classifier"
@@ -99,12 +99,6 @@ class SafetyClassifier(nn.Module):
         mask = additive_attention_mask(attention_mask)  # [B, 1, 1, T]
         hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state  # [B, T, H]
         return self.head(mean_pool(hidden, attention_mask))  # type: ignore[no-any-return]
-
-
-def canonical_name(parameter_name: str) -> str:
-    """``encoder.base_model.model.encoder.layer.0...lora_A.default.weight`` → ``encoder.layer.0...lora_A.weight``."""
-    name = parameter_name.removeprefix("encoder.base_model.model.")
-    return name.replace(".default.", ".")
 
 
 @dataclass

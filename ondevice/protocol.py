@@ -177,6 +177,12 @@ def _as_tuple(value: Any) -> Any:
 # --------------------------------------------------------------------------- LoRA + tensors
 
 
+def canonical_name(parameter_name: str) -> str:
+    """``encoder.base_model.model.encoder.layer.0...lora_A.default.weight`` → ``encoder.layer.0...lora_A.weight``."""
+    name = parameter_name.removeprefix("encoder.base_model.model.")
+    return name.replace(".default.", ".")
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """Low-rank adapter shape: ``W' = W + (alpha / rank) · B A`` on each target module."""
@@ -391,6 +397,13 @@ class DpConfig:
     Each local step Poisson-samples the device's examples with rate ``sampling_rate``, clips
     every per-example gradient to ``clip_norm``, sums, adds N(0, (noise_multiplier·clip_norm)²)
     per coordinate and divides by the expected batch size.
+
+    Seed methods (all post-processing of already-private quantities, so no extra privacy cost):
+    ``dp_sat_rho`` > 0 turns on DP-SAT (the ascent direction is the previous step's noised
+    gradient, radius ρ); ``unit_sparsity`` = p masks the gradient of the p-fraction least
+    important input/output units of every LoRA matrix (importance from |W| of the current,
+    already private weights); ``train_rank`` = r' trains and uploads only the first r' rank
+    components (None: the bundle's full rank). The server fixes all three for the round.
     """
 
     clip_norm: float
@@ -401,6 +414,9 @@ class DpConfig:
     optimizer: str = "sgd"
     local_epsilon_budget: float = 8.0
     local_delta: float = 1e-5
+    dp_sat_rho: float = 0.0
+    unit_sparsity: float = 0.0
+    train_rank: int | None = None
 
     def __post_init__(self) -> None:
         _require_float("DpConfig", "clip_norm", self.clip_norm, low=0.0, low_open=True)
@@ -411,6 +427,10 @@ class DpConfig:
         _require_choice("DpConfig", "optimizer", self.optimizer, OPTIMIZERS)
         _require_float("DpConfig", "local_epsilon_budget", self.local_epsilon_budget, low=0.0, low_open=True)
         _require_float("DpConfig", "local_delta", self.local_delta, low=0.0, high=0.1, low_open=True)
+        _require_float("DpConfig", "dp_sat_rho", self.dp_sat_rho, low=0.0)
+        _require_float("DpConfig", "unit_sparsity", self.unit_sparsity, low=0.0, high=0.95)
+        if self.train_rank is not None:
+            _require_int("DpConfig", "train_rank", self.train_rank, minimum=1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -422,6 +442,9 @@ class DpConfig:
             "optimizer": self.optimizer,
             "local_epsilon_budget": self.local_epsilon_budget,
             "local_delta": self.local_delta,
+            "dp_sat_rho": self.dp_sat_rho,
+            "unit_sparsity": self.unit_sparsity,
+            "train_rank": self.train_rank,
         }
 
     @classmethod

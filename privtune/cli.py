@@ -18,6 +18,7 @@ from ondevice.runtime_check import OnnxRuntimeInstallError, check_onnxruntime_in
 
 if TYPE_CHECKING:
     from export.classifier import Classifier
+    from ondevice.inference import DeviceClassifier
 
 app = typer.Typer(
     name="privtune",
@@ -81,10 +82,18 @@ def classify(
         typer.Option(help="A saved classifier folder. Default: a fresh, UNTRAINED head on the packaged encoder."),
     ] = None,
     file: Annotated[Path | None, typer.Option(help="Read texts from this file, one per line.")] = None,
-    threads: Annotated[int, typer.Option(min=1, help="Torch intra-op threads.")] = 2,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="Classify through the phone path: a bundle folder written by `privtune export`."),
+    ] = None,
+    runtime: Annotated[str | None, typer.Option(help="With --bundle: ort or executorch (default ort).")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="With --bundle: fp32, or int8 (executorch only; default fp32).")
+    ] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Torch intra-op threads, or the runtime's with --bundle.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
-    """Classify texts with a PyTorch classifier (the phone runtimes come with `privtune export`)."""
+    """Classify texts with a PyTorch classifier, or with a bundle's ORT / ExecuTorch program (--bundle)."""
     items = list(texts or [])
     if file is not None:
         if not file.is_file():
@@ -94,6 +103,33 @@ def classify(
     if not items:
         console.print("[red]privtune classify: give texts as arguments or --file[/]")
         raise typer.Exit(code=2)
+    if bundle is not None:
+        if model is not None:
+            console.print("[red]privtune classify: give --model or --bundle, not both[/]")
+            raise typer.Exit(code=2)
+        labels, probs = _classify_on_device(bundle, runtime or "ort", precision or "fp32", threads, items)
+    else:
+        if runtime is not None or precision is not None:
+            console.print("[red]privtune classify: --runtime and --precision need --bundle[/]")
+            raise typer.Exit(code=2)
+        labels, probs = _classify_eager(model, threads, items)
+    rows = [
+        {"text": t, **{label: float(p) for label, p in zip(labels, row, strict=True)}}
+        for t, row in zip(items, probs, strict=True)
+    ]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table()
+    table.add_column("text", overflow="fold", max_width=60)
+    for label in labels:
+        table.add_column(f"p({label})", justify="right")
+    for row in rows:
+        table.add_row(str(row["text"]), *(f"{row[label]:.3f}" for label in labels))
+    out.print(table)
+
+
+def _classify_eager(model: Path | None, threads: int, items: list[str]) -> tuple[tuple[str, ...], list[list[float]]]:
     import torch
 
     from export.classifier import ClassifierFormatError, build_classifier, load_classifier
@@ -110,21 +146,22 @@ def classify(
         console.print(
             "[yellow]note: no --model given; the head is untrained, so these probabilities mean nothing yet.[/]"
         )
-    probs = _classify_with_progress(clf, items)
-    rows = [
-        {"text": t, **{label: float(p) for label, p in zip(clf.spec.labels, row, strict=True)}}
-        for t, row in zip(items, probs, strict=True)
-    ]
-    if as_json:
-        out.print_json(json.dumps(rows))
-        return
-    table = Table()
-    table.add_column("text", overflow="fold", max_width=60)
-    for label in clf.spec.labels:
-        table.add_column(f"p({label})", justify="right")
-    for row in rows:
-        table.add_row(str(row["text"]), *(f"{row[label]:.3f}" for label in clf.spec.labels))
-    out.print(table)
+    return clf.spec.labels, _classify_with_progress(clf, items)
+
+
+def _classify_on_device(
+    bundle: Path, runtime: str, precision: str, threads: int, items: list[str]
+) -> tuple[tuple[str, ...], list[list[float]]]:
+    from ondevice.bundle import BundleError
+    from ondevice.inference import load_classifier
+
+    try:
+        with console.status(f"verifying {bundle} and loading {runtime} {precision}"):
+            clf = load_classifier(bundle, runtime=runtime, precision=precision, threads=threads)
+        return clf.labels, _classify_with_progress(clf, items)
+    except (BundleError, ValueError, TypeError) as exc:
+        console.print(f"[red]privtune classify: {exc}[/]")
+        raise typer.Exit(code=2) from exc
 
 
 def _csv(value: str, option: str) -> tuple[str, ...]:
@@ -234,7 +271,9 @@ def verify(bundle: Annotated[Path, typer.Argument(help="A bundle folder written 
     )
 
 
-def _classify_with_progress(clf: Classifier, items: list[str], chunk: int = 256) -> list[list[float]]:
+def _classify_with_progress(
+    clf: Classifier | DeviceClassifier, items: list[str], chunk: int = 256
+) -> list[list[float]]:
     from rich.progress import Progress
 
     results: list[list[float]] = []

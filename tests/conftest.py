@@ -55,8 +55,17 @@ def perturb_trainable(clf, seed: int, scale: float = 0.05) -> None:  # type: ign
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One full bundle (ORT + ExecuTorch, int8, AdamW + SGD) exported once per test session from
-    its own classifier (packaged encoder, seed 0, trainable tensors perturbed with seed 123)."""
+    its own classifier (packaged encoder, seed 0, trainable tensors perturbed with seed 123).
+
+    ``PRIVTUNE_TEST_BUNDLE=<dir>`` reuses a bundle exported earlier (a developer shortcut while
+    iterating; CI never sets it, so CI always tests a fresh export)."""
+    import os
+
     import torch
+
+    reuse = os.environ.get("PRIVTUNE_TEST_BUNDLE")
+    if reuse:
+        return Path(reuse)
 
     from export.bundle import export_bundle
     from export.bundle_types import ExportOptions

@@ -70,3 +70,39 @@ def test_classify_errors_are_clear(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not a privtune classifier" in result.stderr
     result = run("classify", "--file", str(tmp_path / "missing.txt"))
     assert result.returncode == 2 and "not found" in result.stderr
+
+
+def test_classify_through_a_bundle_matches_the_device_classifier(bundle_dir: Path) -> None:
+    from ondevice.inference import load_classifier
+
+    texts = ["have a lovely day", "you are a disgrace 🤡", "Café crème, naïve — CJK 日本語 https://x.org"]
+    for runtime, precision, extra in (
+        ("executorch", "int8", ["--runtime", "executorch", "--precision", "int8"]),
+        ("ort", "fp32", []),  # no --runtime/--precision: ORT fp32
+    ):
+        result = run("classify", "--json", "--bundle", str(bundle_dir), *extra, "--threads", "1", *texts)
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)
+        device = load_classifier(bundle_dir, runtime, precision, threads=1, verify=False)
+        expected = device.classify(texts)
+        assert [r["text"] for r in rows] == texts
+        for row, probs in zip(rows, expected, strict=True):
+            assert set(row) == {"text", *device.labels}
+            for label, p in zip(device.labels, probs, strict=True):
+                assert abs(row[label] - float(p)) < 1e-6, (runtime, precision, row)
+        assert "untrained" not in result.stderr
+
+
+def test_classify_bundle_errors_are_clear(bundle_dir: Path, tmp_path: Path) -> None:
+    result = run("classify", "--bundle", str(bundle_dir), "--runtime", "ort", "--precision", "int8", "hi")
+    assert result.returncode == 2 and "has no precision 'int8'; it has ['fp32']" in result.stderr
+    result = run("classify", "--bundle", str(bundle_dir), "--runtime", "tflite", "hi")
+    assert result.returncode == 2 and "known runtimes: ['executorch', 'ort']" in result.stderr
+    result = run("classify", "--runtime", "executorch", "hi")
+    assert result.returncode == 2 and "need --bundle" in result.stderr
+    result = run("classify", "--bundle", str(bundle_dir), "--model", str(tmp_path), "hi")
+    assert result.returncode == 2 and "not both" in result.stderr
+    result = run("classify", "--bundle", str(tmp_path), "hi")
+    assert result.returncode == 2 and "manifest.json: not found" in result.stderr
+    result = run("classify", "--bundle", str(bundle_dir), "fine", " ")
+    assert result.returncode == 2 and "text 1 is empty" in result.stderr

@@ -23,16 +23,10 @@ import torch.nn.functional as F
 
 from export.bundle_types import ExportOptions, WrittenFile
 from export.classifier import Classifier
-from export.executorch_backend import (
-    EtInference,
-    EtPerExampleGrads,
-    EtTrainer,
-    PerExampleNet,
-    export_executorch,
-    load_inference,
-)
+from export.executorch_backend import PerExampleNet, export_executorch
 from ondevice.data import LabelledTexts, load_tweeteval
 from ondevice.dp_math import clip_and_sum, per_example_norms
+from ondevice.et_runtime import EtInference, EtPerExampleGrads, EtTrainer, load_inference
 from tests.dp_oracle import clipped_noised_sum, per_example_gradients
 
 pytestmark = pytest.mark.slow

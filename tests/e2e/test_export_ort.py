@@ -23,11 +23,11 @@ from export.ort_backend import (
     DP_NOISE,
     DP_SCALE,
     TRAINING_USER_INPUTS,
-    OrtDpTrainer,
     export_ort,
 )
 from ondevice.data import LabelledTexts, load_tweeteval
 from ondevice.dp_math import flat_to_tensors, tensors_to_flat
+from ondevice.ort_runtime import OrtDpTrainer
 from tests.dp_oracle import clipped_noised_sum, per_example_gradients
 
 pytestmark = pytest.mark.slow
@@ -177,7 +177,7 @@ def test_graph_interfaces(exported: Exported, classifier: Classifier) -> None:
     assert inputs[DP_NOISE].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert inputs["labels"].type.tensor_type.elem_type == onnx.TensorProto.INT64
 
-    trainer = OrtDpTrainer(exported.ort_dir, "sgd")
+    trainer = OrtDpTrainer(exported.ort_dir, classifier.trainable_specs(), "sgd")
     assert trainer.module.input_names() == list(TRAINING_USER_INPUTS)
     assert trainer.module.output_names() == ["loss"]  # Module returns the loss only
     # ORT's contiguous trainable buffer is the canonical flat layout (the dp_noise layout too).
@@ -230,7 +230,7 @@ def test_clipped_noised_gradients_match_oracle(
     total = sum(s.numel for s in specs)
     noise = (np.random.default_rng(7).standard_normal(total) * clip).astype(np.float32)  # [P]
     scale = 1.0 / len(texts)
-    trainer = OrtDpTrainer(exported.ort_dir, "sgd")
+    trainer = OrtDpTrainer(exported.ort_dir, classifier.trainable_specs(), "sgd")
 
     losses = _accumulate(trainer, classifier, texts, labels, clip, noise, 2, scale)
     want = clipped_noised_sum(grads, clip, flat_to_tensors(noise, specs), scale)
@@ -270,7 +270,7 @@ def test_sgd_step_updates_exactly_the_trainables(
 
     texts, labels = list(tweets.texts[10:14]), [int(y) for y in tweets.labels[10:14]]
     lr = 0.05
-    trainer = OrtDpTrainer(exported.ort_dir, "sgd", learning_rate=lr)
+    trainer = OrtDpTrainer(exported.ort_dir, classifier.trainable_specs(), "sgd", learning_rate=lr)
     total = sum(s.numel for s in classifier.trainable_specs())
     noise = np.random.default_rng(3).standard_normal(total).astype(np.float32)  # [P]
     before_all = trainer.get_parameters(trainable_only=False)
@@ -316,7 +316,7 @@ def test_sgd_step_updates_exactly_the_trainables(
 
 def test_adamw_steps_reduce_the_loss(exported: Exported, classifier: Classifier, tweets: LabelledTexts) -> None:
     texts, labels = list(tweets.texts[20:28]), [int(y) for y in tweets.labels[20:28]]
-    trainer = OrtDpTrainer(exported.ort_dir, "adamw", learning_rate=1e-2)
+    trainer = OrtDpTrainer(exported.ort_dir, classifier.trainable_specs(), "adamw", learning_rate=1e-2)
     ids, mask = _ids(classifier, texts)
     start = trainer.eval_loss(ids, mask, np.array(labels))
     for _ in range(4):

@@ -10,11 +10,11 @@ import numpy as np
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from export.executorch_backend import EtPerExampleGrads
-from export.ort_backend import OrtDpTrainer
 from ondevice.bundle import verify_bundle
 from ondevice.data import load_tweeteval
 from ondevice.dp_math import clip_and_sum, flat_to_tensors
+from ondevice.et_runtime import EtPerExampleGrads
+from ondevice.ort_runtime import OrtDpTrainer
 
 STEPS = 4
 CLIP = 1.0
@@ -29,7 +29,7 @@ def test_ort_and_executorch_follow_the_same_dp_sgd_trajectory(bundle_dir: Path, 
     tokenizer.no_padding()  # the packaged tokenizer.json pads everything to 128; devices pad per batch
     tokenizer.enable_truncation(manifest.max_seq_len)
     data = load_tweeteval(offensive_dir, "val")
-    ort = OrtDpTrainer(bundle_dir / "ort", optimizer="sgd", learning_rate=LR, threads=2)
+    ort = OrtDpTrainer(bundle_dir / "ort", specs, optimizer="sgd", learning_rate=LR, threads=2)
     et = EtPerExampleGrads(bundle_dir / "executorch" / "per_example_grads.pte", specs)
     theta = {k: v.astype(np.float32) for k, v in load_file(bundle_dir / manifest.file("adapter").path).items()}
     start = {k: v.copy() for k, v in theta.items()}

@@ -26,8 +26,6 @@ import importlib.metadata
 import itertools
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,8 @@ from typing import Any, Protocol
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+
+from ondevice.durable import atomic_write_bytes
 
 NEIGHBOURING_RELATION = "add_remove"
 SAMPLING = "poisson"
@@ -353,21 +353,7 @@ class LocalPrivacyLedger:
         }
         payload = json.dumps(data, indent=1, allow_nan=False).encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write_bytes(self.path, payload)
 
     def record_step(self, round_id: int, step: int, sampling_rate: float, noise_multiplier: float) -> bool:
         """Record one step; False (no change) if (round_id, step) is already recorded identically.

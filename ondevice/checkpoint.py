@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ondevice.durable import fsync_dir
+
 CURRENT = "ckpt"
 PREVIOUS = "ckpt.old"
 STAGING = "ckpt.tmp"
@@ -24,14 +26,6 @@ PROGRESS = "progress.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be read; the message names the file."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_checkpoint(round_dir: Path, progress: dict[str, Any], write_files: Callable[[Path], None]) -> None:
@@ -45,13 +39,13 @@ def write_checkpoint(round_dir: Path, progress: dict[str, Any], write_files: Cal
     for child in staging.iterdir():
         with child.open("rb") as handle:
             os.fsync(handle.fileno())
-    _fsync_dir(staging)
+    fsync_dir(staging)
     current, previous = round_dir / CURRENT, round_dir / PREVIOUS
     shutil.rmtree(previous, ignore_errors=True)
     if current.exists():
         current.rename(previous)
     staging.rename(current)
-    _fsync_dir(round_dir)
+    fsync_dir(round_dir)
     shutil.rmtree(previous, ignore_errors=True)
 
 

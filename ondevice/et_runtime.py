@@ -9,6 +9,7 @@ Private runtime APIs (``executorch.extension.training._load_for_executorch_for_t
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class EtInference:
         self._method = self._program.load_method(METHOD)
         self.max_seq_len = int(self._program.load_method("get_max_seq_len").execute([])[0])
         self.max_batch = int(self._program.load_method("get_max_batch").execute([])[0])
+        _LIVE_PROGRAMS.add(self)
 
     def __call__(self, input_ids: np.ndarray | torch.Tensor, attention_mask: np.ndarray | torch.Tensor) -> np.ndarray:
         ids = _as_tensor(input_ids, torch.long, "input_ids")  # [B, T]
@@ -66,10 +68,37 @@ class EtInference:
         return np.asarray(logits.numpy(), dtype=np.float32).copy()
 
 
+_LIVE_PROGRAMS: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Every runner of this module that holds a loaded program (EtInference, EtTrainer, EtPerExampleGrads)."""
+
+
+def thread_count() -> int:
+    """The current size of ExecuTorch's process-wide XNNPACK thread pool."""
+    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
+
+    return int(_threadpool_get_thread_count())
+
+
 def set_threads(threads: int) -> None:
-    """Size ExecuTorch's XNNPACK thread pool (a private pybindings call, kept in this module)."""
+    """Size ExecuTorch's process-wide XNNPACK thread pool (private pybindings calls, kept in this module).
+
+    Resizing the pool under a loaded program is unsafe (measured with executorch 1.5.1: program A
+    loaded at 1 thread, pool resized to 2, program B loaded, then A run → segfault, abort or hang).
+    So a call with the current size is a no-op, and a different size is refused with a ValueError
+    while any program loaded by this module is alive: size the pool once per process, before the
+    first program (or drop the programs first, or use another process).
+    """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be an int >= 1, found {threads!r}")
+    current = thread_count()
+    if current == threads:
+        return
+    if len(_LIVE_PROGRAMS):
+        raise ValueError(
+            f"ExecuTorch's thread pool is process-wide and {len(_LIVE_PROGRAMS)} loaded program(s) run on "
+            f"{current} thread(s); resizing it under them is unsafe, so threads={threads} is refused "
+            "(use the same count, drop the other programs first, or use another process)"
+        )
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
     _unsafe_reset_threadpool(threads)
@@ -104,6 +133,7 @@ class EtTrainer:
         self.max_seq_len = _constant(self._module.model, "get_max_seq_len")
         self.max_batch = _constant(self._module.model, "get_max_batch")
         self._ran = False
+        _LIVE_PROGRAMS.add(self)
 
     def forward_backward(
         self, input_ids: np.ndarray | torch.Tensor, attention_mask: np.ndarray | torch.Tensor, labels: Any
@@ -169,6 +199,7 @@ class EtPerExampleGrads:
         self.batch_size = _constant(self._module.model, "get_batch_size")
         self.max_seq_len = _constant(self._module.model, "get_max_seq_len")
         self.last_loss = float("nan")
+        _LIVE_PROGRAMS.add(self)
 
     def __call__(
         self,

@@ -71,32 +71,25 @@ class OrtInference:
 
 
 class EtInferenceBackend:
-    """An ExecuTorch inference .pte (fp32 or int8) with its own thread count.
+    """An ExecuTorch inference .pte (fp32 or int8) on XNNPACK's process-wide thread pool.
 
-    ExecuTorch's XNNPACK thread pool is process-wide, so the pool is resized before a call whenever
-    another backend last sized it differently.
+    ``et_runtime.set_threads`` refuses to resize the pool while any ExecuTorch program (inference or
+    training) is loaded in the process (resizing under a live program crashes the runtime): load
+    every program of a process with the same thread count.
     """
 
-    _pool_threads: int | None = None  # what the process-wide pool was last sized to by this class
+    threads: int
 
     def __init__(self, path: Path, threads: int) -> None:
-        from ondevice.et_runtime import EtInference
+        from ondevice.et_runtime import EtInference, set_threads
 
+        set_threads(threads)
         self.threads = threads
-        self._apply_threads()
         self._program = EtInference(path)
         self.max_batch: int | None = self._program.max_batch
         self.max_seq_len = self._program.max_seq_len
 
-    def _apply_threads(self) -> None:
-        if EtInferenceBackend._pool_threads != self.threads:
-            from ondevice.et_runtime import set_threads
-
-            set_threads(self.threads)
-            EtInferenceBackend._pool_threads = self.threads
-
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        self._apply_threads()
         return self._program(input_ids, attention_mask)  # [B, L]
 
 

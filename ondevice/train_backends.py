@@ -86,6 +86,17 @@ def _pad(examples: Sequence[np.ndarray], rows: int, pad_id: int) -> tuple[np.nda
     return ids, mask
 
 
+def noised_gradient(
+    clipped_sum: Mapping[str, np.ndarray], noise: np.ndarray, specs: Sequence[TensorSpec], scale: float
+) -> dict[str, np.ndarray]:
+    """scale · (Σ_i clip(g_i) + noise) per tensor, float64; ``noise`` is flat [P] in ``specs`` order.
+    (The host half of the ExecuTorch step; ``ondevice.audit`` audits it.)"""
+    noise_tensors = flat_to_tensors(np.asarray(noise, dtype=np.float64), specs)
+    return {
+        spec.name: scale * (np.asarray(clipped_sum[spec.name], np.float64) + noise_tensors[spec.name]) for spec in specs
+    }
+
+
 def _check_step_inputs(
     examples: Sequence[np.ndarray], labels: Sequence[int], noise: np.ndarray, num_params: int, clip_norm: float
 ) -> None:
@@ -244,9 +255,7 @@ class ExecuTorchTrainingBackend:
             losses.append(self._program.last_loss)
             for name, summed in clip_and_sum(per_example, clip_norm, weight).items():
                 total[name] += summed
-        noise_tensors = flat_to_tensors(np.asarray(noise, dtype=np.float64), self.specs)
-        gradient = {name: scale * (total[name] + noise_tensors[name]) for name in total}
-        self._optimizer.step_inplace(self._params, gradient)
+        self._optimizer.step_inplace(self._params, noised_gradient(total, noise, self.specs, scale))
         mean_loss = float(sum(losses) / len(examples)) if examples else float("nan")
         return StepStats(batch_size=len(examples), mean_loss=mean_loss)
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 import httpx
 
 from ondevice.auth import signed_headers, validate_device_id
+from ondevice.durable import atomic_write_bytes
 from ondevice.protocol import ErrorBody, ProtocolError, UpdateReceipt, canonical_json, sha256_hex, update_mac
 
 logger = logging.getLogger(__name__)
@@ -69,41 +68,6 @@ class OutboxConflict(UploadError):
     """Different bytes for a round that already has an update (a device makes one per round)."""
 
 
-# --------------------------------------------------------------------------- durable files
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a crash leaves either the old file or the complete new one:
-    unique temp file → fsync → rename over → fsync of the directory (makes the rename durable)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _check_round(round_id: int) -> None:
     if isinstance(round_id, bool) or not isinstance(round_id, int) or round_id < 0:
         raise ValueError(f"round_id must be an int >= 0, found {round_id!r}")
@@ -141,7 +105,7 @@ class Outbox:
                 f"round {round_id} already holds an update (sha256 {sha256_hex(existing)}); "
                 f"refusing different bytes (sha256 {sha256_hex(bytes(body))})"
             )
-        _atomic_write(path, bytes(body))
+        atomic_write_bytes(path, bytes(body))
         return path
 
     def get(self, round_id: int) -> bytes | None:
@@ -166,7 +130,7 @@ class Outbox:
             if existing == receipt:
                 return
             raise OutboxConflict(f"round {round_id} already holds a different receipt: {existing}")
-        _atomic_write(self._path(round_id, "receipt.json"), canonical_json(receipt.to_dict()).encode("utf-8"))
+        atomic_write_bytes(self._path(round_id, "receipt.json"), canonical_json(receipt.to_dict()).encode("utf-8"))
         self._path(round_id, "rejected.json").unlink(missing_ok=True)
 
     def receipt(self, round_id: int) -> UpdateReceipt | None:
@@ -181,7 +145,7 @@ class Outbox:
         """Record the aggregator's refusal; the bytes stay, the round leaves ``pending()``."""
         if self.get(round_id) is None:
             raise ValueError(f"round {round_id} has no update in the outbox {self.directory}")
-        _atomic_write(self._path(round_id, "rejected.json"), canonical_json(error.to_dict()).encode("utf-8"))
+        atomic_write_bytes(self._path(round_id, "rejected.json"), canonical_json(error.to_dict()).encode("utf-8"))
 
     def rejection(self, round_id: int) -> ErrorBody | None:
         """The stored refusal for ``round_id``, or None."""

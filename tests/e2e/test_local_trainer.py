@@ -314,12 +314,15 @@ WORKER = textwrap.dedent(
     from ondevice.trainer import LocalTrainer
 
     bundle, state, runtime, kill_after = Path({bundle!r}), Path({state!r}), {runtime!r}, {kill_after}
+    every = {every}
     manifest = verify_bundle(bundle)
     data = load_tweeteval(Path({data!r}), "val")
     data = data.subset(range(24))
     ledger = LocalPrivacyLedger(state / "ledger.json", delta={delta})
     source = lambda r, s: SeededRandomSource(11 * 1_000_003 + r * 10_007 + s)
-    trainer = LocalTrainer(bundle, manifest, data, state, ledger, source, runtime=runtime, threads=1)
+    trainer = LocalTrainer(
+        bundle, manifest, data, state, ledger, source, runtime=runtime, threads=2, checkpoint_every=every
+    )
     config = RoundConfig.from_json({config!r})
     start = load_file(str(bundle / manifest.file("adapter").path))
 
@@ -332,7 +335,11 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("runtime", ["ort", "executorch"])
+@pytest.mark.parametrize(
+    ("runtime", "every", "kill_after", "resumes_at"),
+    [("ort", 1, 2, 2), ("executorch", 1, 2, 2), ("executorch", 3, 4, 3)],
+    ids=["ort", "executorch", "executorch-checkpoint-every-3"],
+)
 def test_a_device_killed_mid_round_resumes_without_double_counting(
     bundle_dir: Path,
     manifest: ArtifactManifest,
@@ -340,22 +347,26 @@ def test_a_device_killed_mid_round_resumes_without_double_counting(
     offensive_dir: Path,
     tmp_path: Path,
     runtime: str,
+    every: int,
+    kill_after: int,
+    resumes_at: int,
 ) -> None:
-    round_config = make_round(manifest, local_steps=4, optimizer="adamw", learning_rate=0.01, dp_sat_rho=0.02)
+    round_config = make_round(manifest, local_steps=5, optimizer="adamw", learning_rate=0.01, dp_sat_rho=0.02)
     start = load_file(str(bundle_dir / manifest.file("adapter").path))
     # reference: uninterrupted
     ledger = LocalPrivacyLedger(tmp_path / "ref" / "ledger.json", delta=DELTA)
     reference = LocalTrainer(
-        bundle_dir, manifest, tweets, tmp_path / "ref", ledger, seeded_steps(11), runtime=runtime, threads=1
+        bundle_dir, manifest, tweets, tmp_path / "ref", ledger, seeded_steps(11), runtime=runtime, threads=2
     ).run_round(round_config, start)
-    # killed with SIGKILL right after step 2 of 4 (ledger and checkpoint written), then resumed
+    # killed with SIGKILL right after step `kill_after` of 5 (its ledger entry written), then resumed
     state = tmp_path / "killed"
     script = WORKER.format(
         repo=str(REPO_ROOT),
         bundle=str(bundle_dir),
         state=str(state),
         runtime=runtime,
-        kill_after=2,
+        kill_after=kill_after,
+        every=every,
         data=str(offensive_dir),
         delta=DELTA,
         config=round_config.to_json(),
@@ -363,12 +374,12 @@ def test_a_device_killed_mid_round_resumes_without_double_counting(
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     ledger = LocalPrivacyLedger(state / "ledger.json", delta=DELTA)
-    assert len(ledger.steps()) == 2
+    assert len(ledger.steps()) == kill_after
     resumed = LocalTrainer(
-        bundle_dir, manifest, tweets, state, ledger, seeded_steps(11), runtime=runtime, threads=1
+        bundle_dir, manifest, tweets, state, ledger, seeded_steps(11), runtime=runtime, threads=2
     ).run_round(round_config, start)
-    assert resumed.resumed_from_step == 2
-    assert len(ledger.steps()) == 4
+    assert resumed.resumed_from_step == resumes_at  # re-ran the steps after the last checkpoint
+    assert len(ledger.steps()) == 5  # ... without counting them twice
     assert resumed.local_epsilon == pytest.approx(reference.local_epsilon, rel=1e-9)
     worst = max(float(np.max(np.abs(resumed.parameters[k] - reference.parameters[k]))) for k in start)
     assert worst <= 1e-6, f"resumed run differs from the uninterrupted one by {worst:.3g}"

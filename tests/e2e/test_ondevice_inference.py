@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,10 @@ from ondevice.tokenizer import DeviceTokenizer
 
 CASES = [("ort", "fp32"), ("executorch", "fp32"), ("executorch", "int8")]
 FP32_TOL = 1e-4
-# Dynamic int8 quantization computes each linear layer's activation scale over the whole [B*T, H] input,
-# so an int8 text's probabilities depend slightly on its batch-mates and on the padded length (fp32 ones
-# do not). Measured on this bundle: see INT8 notes in the report; the bounds leave headroom over that.
+# Dynamic int8 quantization derives activation scales from the live input, so an int8 text's probabilities
+# can depend slightly on its batch-mates and padded length (fp32 ones do not: measured <= 1e-7). Measured on
+# the test bundle over 1000 real tweets (offensive + hate val): int8 batched vs one-by-one max |dp| 1.8e-3
+# (p99 0); int8 vs fp32 max 1.9e-2 (p99 1.2e-2, mean 3e-3). The bounds leave ~5x and ~2.5x headroom.
 INT8_BATCH_TOL = 1e-2
 INT8_VS_FP32_TOL = 5e-2
 SMALL_FILE_BYTES = 4 << 20
@@ -139,6 +142,23 @@ def test_each_batch_is_padded_only_to_its_own_longest(
         np.testing.assert_allclose(probs[i], clf.classify([texts[i]])[0], atol=FP32_TOL)
 
 
+_PROBE = """
+import json, sys
+from ondevice.inference import load_classifier
+bundle, runtime, precision, threads = sys.argv[1:5]
+clf = load_classifier(bundle, runtime, precision, threads=int(threads), verify=False)
+assert clf.threads == int(threads)
+print(json.dumps(clf.classify(json.loads(sys.stdin.read())).tolist()))
+"""
+
+
+def _classify_in_subprocess(bundle: Path, runtime: str, precision: str, threads: int, texts: list[str]) -> np.ndarray:
+    command = [sys.executable, "-c", _PROBE, str(bundle), runtime, precision, str(threads)]
+    result = subprocess.run(command, input=json.dumps(texts), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.asarray(json.loads(result.stdout.strip().splitlines()[-1]), dtype=np.float32)
+
+
 # --- the shared contract -----------------------------------------------------------------------------
 
 
@@ -184,17 +204,22 @@ class InferenceContract:
     def test_thread_count_is_configurable_and_does_not_change_results(
         self, device_classifier: DeviceClassifier, bundle: Path, sample: list[str]
     ) -> None:
+        runtime, precision = device_classifier.runtime, device_classifier.precision
         one = device_classifier.classify(sample)
-        two_threads = load_classifier(
-            bundle, device_classifier.runtime, device_classifier.precision, threads=2, verify=False
-        )
-        assert device_classifier.threads == 1 and two_threads.threads == 2
-        two = two_threads.classify(sample)
-        again = device_classifier.classify(sample)  # the process-wide ExecuTorch pool goes back to 1
+        assert device_classifier.threads == 1
+        # ExecuTorch's pool is process-wide (see EtInferenceBackend): 2 threads run in a fresh process
+        two = _classify_in_subprocess(bundle, runtime, precision, 2, sample)
         worst = float(np.abs(one - two).max())
-        print(f"{device_classifier.runtime} {device_classifier.precision} 1 vs 2 threads max |dp| = {worst:.3e}")
+        print(f"{runtime} {precision} 1 vs 2 threads max |dp| = {worst:.3e}")
         assert worst <= 1e-5
-        np.testing.assert_array_equal(again, one)
+        if runtime == "executorch":
+            with pytest.raises(ValueError, match="process-wide .* threads=2 is refused"):
+                load_classifier(bundle, runtime, precision, threads=2, verify=False)
+        else:  # ORT sessions each own their threads
+            other = load_classifier(bundle, runtime, precision, threads=2, verify=False)
+            assert other.threads == 2
+            np.testing.assert_allclose(other.classify(sample), one, atol=1e-5)
+        np.testing.assert_array_equal(device_classifier.classify(sample), one)
 
     def test_bad_texts_give_clear_errors(self, device_classifier: DeviceClassifier) -> None:
         with pytest.raises(ValueError, match="text 1 is empty"):
@@ -219,17 +244,18 @@ class TestInferenceContract(InferenceContract):
 
 @pytest.fixture(scope="module")
 def runtime_probs(bundle: Path, sample: list[str]) -> dict[tuple[str, str], np.ndarray]:
-    return {case: load_classifier(bundle, *case, threads=2, verify=False).classify(sample) for case in CASES}
+    return {case: load_classifier(bundle, *case, threads=1, verify=False).classify(sample) for case in CASES}
 
 
 @pytest.fixture(scope="module")
-def eager_probs(classifier: Any, bundle: Path, manifest: ArtifactManifest, sample: list[str]) -> Iterator[np.ndarray]:
-    """The session classifier (same packaged encoder) carrying the bundle's exported adapter + head."""
+def eager_probs(classifier: Any, bundle: Path, manifest: ArtifactManifest, sample: list[str]) -> np.ndarray:
+    """The session classifier (same packaged encoder) carrying the bundle's exported adapter + head;
+    its own weights are restored before the fixture returns."""
     saved = classifier.trainable_state()
     adapter = load_file(str(bundle / manifest.file("adapter").path))
     classifier.load_trainable_state(adapter)
     try:
-        yield classifier.classify(sample)
+        return classifier.classify(sample)  # type: ignore[no-any-return]
     finally:
         classifier.load_trainable_state(saved)
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ondevice.runtime_check import OnnxRuntimeInstallError, check_onnxruntime_install
+from privtune import server_cli
 
 if TYPE_CHECKING:
     from export.classifier import Classifier
@@ -283,6 +284,9 @@ def _classify_with_progress(
             results.extend(clf.classify(items[start : start + chunk]).tolist())
             progress.advance(task, min(chunk, len(items) - start))
     return results
+
+
+server_cli.register(app)
 
 
 def main() -> None:

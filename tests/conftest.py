@@ -76,4 +76,16 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     perturb_trainable(clf, seed=123)
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     export_bundle(clf, out, ExportOptions())
+    clf.save(out.parent / "classifier")  # the base classifier folder the aggregator publishes from
     return out
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(bundle_dir: Path) -> Path:
+    """The classifier folder ``bundle_dir`` was exported from (``PRIVTUNE_TEST_CLASSIFIER`` when the
+    bundle is reused through ``PRIVTUNE_TEST_BUNDLE``)."""
+    reuse = os.environ.get("PRIVTUNE_TEST_CLASSIFIER")
+    folder = Path(reuse) if reuse else bundle_dir.parent / "classifier"
+    if not (folder / "classifier.json").is_file():
+        pytest.fail(f"{folder}: no classifier folder beside the bundle; set PRIVTUNE_TEST_CLASSIFIER")
+    return folder

@@ -1,9 +1,11 @@
 """A real loopback HTTP endpoint for the update-upload contract, with a programmable fault plan.
 
-STAND-IN: this implements the upload endpoint of the issue-5 aggregator (``server_aggregator``)
-as that service will, so the device's upload client can be tested against a real socket before
-the service exists. Once issue 5 lands, the upload-client tests should run against the real
-service (a uvicorn server on loopback) and this module should be deleted.
+FAULT INJECTOR: this serves the upload endpoint of the aggregator (``server_aggregator``) with a
+programmable fault plan — dropped connections after storing, captive-portal pages, stalls past
+the client's timeout, forged receipts — which a real server cannot be told to produce. Where both
+answer, it answers like the real aggregator: ``tests/contract/test_upload_contract.py`` runs one
+contract class against both. The real service's own end-to-end and kill -9 tests are in
+``tests/e2e/test_server_*.py``.
 
 Contract served (``POST /v1/rounds/{round_id}/updates``, body = ``encode_update`` bytes):
 

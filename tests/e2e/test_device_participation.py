@@ -1,7 +1,8 @@
 """A device's whole round against a real HTTP endpoint on loopback: train → clip → outbox → upload.
 
-The endpoint is tests/upload_endpoint.py (the upload contract of the issue-5 aggregator, served
-over a real socket); exactly-once is checked on the server's side (stored updates, requests).
+The endpoint is the fault-injecting tests/upload_endpoint.py (its contract parity with the real
+aggregator is tests/contract/test_upload_contract.py), so crashes and faults can be placed exactly;
+the same device against the real aggregator is tests/e2e/test_device_with_aggregator.py.
 """
 
 from __future__ import annotations

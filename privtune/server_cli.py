@@ -1,0 +1,187 @@
+"""``privtune serve`` and the operator commands that talk to a running aggregator."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
+
+URL_OPTION = typer.Option("--url", help="The aggregator's base URL.")
+TOKEN_OPTION = typer.Option("--admin-token-file", help="File holding the admin token (or set PRIVTUNE_ADMIN_TOKEN).")
+
+
+def _default_token_file(db_url: str) -> Path:
+    if db_url.startswith("sqlite:///"):
+        return Path(db_url.removeprefix("sqlite:///")).resolve().parent / "admin-token"
+    return Path("admin-token")
+
+
+def _admin_token(path: Path | None) -> str:
+    from server_aggregator.server import ADMIN_TOKEN_ENV
+
+    env = os.environ.get(ADMIN_TOKEN_ENV)
+    if env:
+        return env.strip()
+    if path is None or not path.is_file():
+        console.print(
+            f"[red]no admin token: pass --admin-token-file (written by `privtune serve`) or set {ADMIN_TOKEN_ENV}[/]"
+        )
+        raise typer.Exit(code=2)
+    return path.read_text().strip()
+
+
+def _admin_request(method: str, url: str, path: str, token_file: Path | None, payload: Any = None) -> Any:
+    import httpx
+
+    token = _admin_token(token_file)
+    try:
+        response = httpx.request(
+            method, url.rstrip("/") + path, json=payload, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        console.print(f"[red]cannot reach the aggregator at {url}: {exc}[/]")
+        raise typer.Exit(code=1) from exc
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text[:200]}
+    if response.status_code >= 400:
+        console.print(f"[red]{response.status_code}: {body.get('error') or body.get('message') or body}[/]")
+        raise typer.Exit(code=1)
+    return body
+
+
+def register(app: typer.Typer) -> None:
+    """Add the server commands to the ``privtune`` app."""
+
+    @app.command()
+    def serve(
+        db: Annotated[
+            str, typer.Option("--db", help="SQLAlchemy URL: sqlite:///state.db (default) or postgresql+psycopg://…")
+        ] = "sqlite:///state.db",
+        adapter: Annotated[
+            Path, typer.Option("--adapter", help="The base classifier folder the bundle was exported from.")
+        ] = Path("classifier"),
+        bundle: Annotated[
+            Path, typer.Option("--bundle", help="The bundle folder devices run (privtune export).")
+        ] = Path("bundle"),
+        publish_dir: Annotated[
+            Path, typer.Option("--publish-dir", help="Where adapter versions are published.")
+        ] = Path("published"),
+        epsilon_budget: Annotated[
+            float, typer.Option("--epsilon-budget", help="User-level ε budget at --delta.")
+        ] = 8.0,
+        delta: Annotated[float, typer.Option("--delta", help="Target δ of the user-level guarantee.")] = 1e-6,
+        clients_per_round: Annotated[
+            int, typer.Option("--clients-per-round", help="Expected devices per round: q = this / enrolled.")
+        ] = 10,
+        noise_multiplier: Annotated[
+            float, typer.Option("--noise-multiplier", help="z: noise std on the sum is z·S.")
+        ] = 1.0,
+        update_clip_norm: Annotated[
+            float, typer.Option("--update-clip-norm", help="S: every update's L2 norm bound.")
+        ] = 1.0,
+        update_dtype: Annotated[str, typer.Option("--update-dtype", help="float32 or float16 uploads.")] = "float32",
+        budget_mode: Annotated[
+            str, typer.Option("--budget-mode", help="Enforce the budget on the 'amplified' or 'unamplified' ε.")
+        ] = "amplified",
+        round_duration: Annotated[float, typer.Option("--round-duration", help="Seconds a round stays open.")] = 600.0,
+        target_updates: Annotated[
+            int | None, typer.Option("--target-updates", help="Close a round early at this many updates.")
+        ] = None,
+        host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port")] = 8700,
+        admin_token_file: Annotated[Path | None, TOKEN_OPTION] = None,
+    ) -> None:
+        """Run the aggregator (SQLite WAL by default); finishes any round a crash left half-closed."""
+        from ondevice.bundle import BundleError
+        from server_aggregator.config import ServerConfig
+        from server_aggregator.publish import PublishError
+        from server_aggregator.server import load_or_create_admin_token
+        from server_aggregator.server import serve as run
+        from server_aggregator.service import ServiceError
+
+        token_path = admin_token_file or _default_token_file(db)
+        try:
+            token, created = load_or_create_admin_token(token_path)
+            config = ServerConfig(
+                db_url=db,
+                adapter_dir=adapter,
+                bundle_dir=bundle,
+                publish_dir=publish_dir,
+                admin_token=token,
+                epsilon_budget=epsilon_budget,
+                delta=delta,
+                clients_per_round=clients_per_round,
+                noise_multiplier=noise_multiplier,
+                update_clip_norm=update_clip_norm,
+                update_dtype=update_dtype,
+                budget_mode=budget_mode,
+                round_duration_s=round_duration,
+                target_updates=target_updates,
+            )
+            if created:
+                console.print(f"admin token written to {token_path} (mode 0600)")
+            run(config, host=host, port=port)
+        except (ValueError, BundleError, PublishError, ServiceError) as exc:
+            console.print(f"[red]privtune serve: {exc}[/]")
+            raise typer.Exit(code=2) from exc
+
+    @app.command()
+    def status(
+        url: Annotated[str, URL_OPTION] = "http://127.0.0.1:8700",
+        admin_token_file: Annotated[Path | None, TOKEN_OPTION] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    ) -> None:
+        """Rounds, ε spent and left, accepted/rejected counts by reason, published versions."""
+        body = _admin_request("GET", url, "/v1/status", admin_token_file)
+        if as_json:
+            out.print_json(json.dumps(body))
+            return
+        privacy = body["privacy"]
+        out.print(f"devices: {body['devices']['active']} active, {body['devices']['revoked']} revoked")
+        out.print(
+            f"rounds: {len(body['rounds'])}; accepted updates {body['accepted_total']}, "
+            f"rejected {body['rejected_total']}"
+        )
+        for reason, count in body["rejected_by_reason"].items():
+            out.print(f"  rejected {reason}: {count}")
+        out.print(f"published versions: {[v['version'] for v in body['published_versions']]}")
+        out.print(f"privacy: {json.dumps(privacy, indent=2)}")
+
+    @app.command()
+    def enroll(
+        device_id: Annotated[str | None, typer.Argument(help="Device id (random if omitted).")] = None,
+        url: Annotated[str, URL_OPTION] = "http://127.0.0.1:8700",
+        admin_token_file: Annotated[Path | None, TOKEN_OPTION] = None,
+    ) -> None:
+        """Enroll a device; prints its id and secret (shown once) as JSON."""
+        payload = {"device_id": device_id} if device_id else {}
+        out.print_json(json.dumps(_admin_request("POST", url, "/v1/admin/devices", admin_token_file, payload)))
+
+    @app.command("open-round")
+    def open_round(
+        url: Annotated[str, URL_OPTION] = "http://127.0.0.1:8700",
+        admin_token_file: Annotated[Path | None, TOKEN_OPTION] = None,
+        duration: Annotated[float | None, typer.Option("--duration", help="Seconds the round stays open.")] = None,
+        target_updates: Annotated[int | None, typer.Option("--target-updates")] = None,
+    ) -> None:
+        """Open the next round (refused, with the numbers, if it would exceed the ε budget)."""
+        payload = {"duration_s": duration, "target_updates": target_updates}
+        out.print_json(json.dumps(_admin_request("POST", url, "/v1/admin/rounds", admin_token_file, payload)))
+
+    @app.command("close-round")
+    def close_round(
+        round_id: Annotated[int, typer.Argument(help="The round to close, aggregate and publish.")],
+        url: Annotated[str, URL_OPTION] = "http://127.0.0.1:8700",
+        admin_token_file: Annotated[Path | None, TOKEN_OPTION] = None,
+    ) -> None:
+        """Close, aggregate and publish a round now (idempotent)."""
+        out.print_json(json.dumps(_admin_request("POST", url, f"/v1/admin/rounds/{round_id}/close", admin_token_file)))

@@ -96,6 +96,15 @@ def register(app: typer.Typer) -> None:
         target_updates: Annotated[
             int | None, typer.Option("--target-updates", help="Close a round early at this many updates.")
         ] = None,
+        adaptive_quantile: Annotated[
+            float | None,
+            typer.Option("--adaptive-quantile", help="Adaptive clipping: S tracks this quantile of update norms."),
+        ] = None,
+        adaptive_clip_lr: Annotated[float, typer.Option("--adaptive-clip-lr", help="Adaptive clipping step η.")] = 0.2,
+        adaptive_bit_noise: Annotated[
+            float | None,
+            typer.Option("--adaptive-bit-noise", help="σ_b on the unclipped count (default clients-per-round / 20)."),
+        ] = None,
         host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port")] = 8700,
         admin_token_file: Annotated[Path | None, TOKEN_OPTION] = None,
@@ -110,6 +119,16 @@ def register(app: typer.Typer) -> None:
 
         token_path = admin_token_file or _default_token_file(db)
         try:
+            adaptive = None
+            if adaptive_quantile is not None:
+                from server_aggregator.aggregation import AdaptiveClipping
+
+                adaptive = AdaptiveClipping(
+                    target_quantile=adaptive_quantile,
+                    clip_learning_rate=adaptive_clip_lr,
+                    bit_noise_std=adaptive_bit_noise if adaptive_bit_noise is not None else clients_per_round / 20,
+                    initial_clip_norm=update_clip_norm,
+                )
             token, created = load_or_create_admin_token(token_path)
             config = ServerConfig(
                 db_url=db,
@@ -126,6 +145,7 @@ def register(app: typer.Typer) -> None:
                 budget_mode=budget_mode,
                 round_duration_s=round_duration,
                 target_updates=target_updates,
+                adaptive_clipping=adaptive,
             )
             if created:
                 console.print(f"admin token written to {token_path} (mode 0600)")

@@ -29,6 +29,7 @@ from server_aggregator.aggregation import (
     noised_unclipped_fraction,
     unclipped_count,
 )
+from tests.noise_stats import noise_failures
 
 N = 1_000_000
 SMALL = {"a": (3, 4), "b": (5,), "c": (2, 2, 2)}
@@ -58,44 +59,6 @@ def _zeros(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------- noise checks (DESIGN.md)
-
-_ERF = np.frompyfunc(math.erf, 1, 1)
-
-
-def _normal_cdf(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + _ERF(x / math.sqrt(2.0)).astype(np.float64))
-
-
-def _ks_distance(x: np.ndarray, std: float) -> float:
-    """sup |F_n − Φ(·/std)|, from the sorted sample (no scipy)."""
-    cdf = _normal_cdf(np.sort(x) / std)  # [n]
-    n = x.shape[0]
-    return float(max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n)))
-
-
-def _noise_failures(x: np.ndarray, std: float) -> list[str]:
-    """DESIGN.md's checks for N(0, std²) at n = 10⁶ (each α = 1e-6); [] when all pass."""
-    x = np.asarray(x, dtype=np.float64).ravel()
-    assert x.shape == (N,)
-    failures = []
-    ratio = float(np.var(x)) / std**2
-    if not 0.9931 <= ratio <= 1.0069:
-        failures.append(f"variance ratio {ratio:.5f} outside [0.9931, 1.0069]")
-    if abs(float(np.mean(x))) >= 4.89 * std / math.sqrt(N):
-        failures.append(f"|mean| {abs(float(np.mean(x))):.3g} >= 4.89·std/√n")
-    ks = _ks_distance(x, std)
-    if ks >= 2.7e-3:
-        failures.append(f"KS distance {ks:.3g} >= 2.7e-3")
-    tails = int(np.count_nonzero(np.abs(x) > 4 * std))
-    if not 29 <= tails <= 106:
-        failures.append(f"{tails} draws beyond 4σ, expected 29..106")
-    return failures
-
-
-def test_ks_distance_matches_scipy_on_a_subsample() -> None:
-    stats = pytest.importorskip("scipy.stats")
-    z = SeededRandomSource(11).standard_normal(20_000)
-    assert _ks_distance(z * 0.3, 0.3) == pytest.approx(stats.kstest(z, "norm").statistic, rel=1e-9)
 
 
 # ---------------------------------------------------------------- FedAvg
@@ -266,7 +229,7 @@ def test_pure_noise_release_has_std_z_s_over_qn() -> None:
     assert sum(math.prod(s) for s in REAL.values()) == 74_498
     noise, std = _pure_noise_rounds(14, SeededRandomSource(20240607))  # 14 · 74,498 ≥ 10⁶
     assert std == pytest.approx(Z * CLIP / EXPECTED, rel=1e-15)
-    assert _noise_failures(noise, Z * CLIP / EXPECTED) == []
+    assert noise_failures(noise, Z * CLIP / EXPECTED) == []
 
 
 def test_noise_with_zero_updates_on_a_large_tensor() -> None:
@@ -279,12 +242,12 @@ def test_noise_with_zero_updates_on_a_large_tensor() -> None:
     noise = result.mean_delta["w"]
     assert noise.dtype == np.float32
     target = Z * CLIP / EXPECTED
-    assert _noise_failures(noise, target) == []
+    assert noise_failures(noise, target) == []
     # The same checks catch the classic scale bugs in that very output:
-    assert any("variance" in f for f in _noise_failures(noise / 4, target))  # noise 4× too small
-    assert any("variance" in f for f in _noise_failures(noise * CLIP, target))  # S applied twice
-    assert any("variance" in f for f in _noise_failures(noise * EXPECTED / 3, target))  # ÷ realised count
-    assert any("variance" in f for f in _noise_failures(noise * EXPECTED, target))  # no division by q·N
+    assert any("variance" in f for f in noise_failures(noise / 4, target))  # noise 4× too small
+    assert any("variance" in f for f in noise_failures(noise * CLIP, target))  # S applied twice
+    assert any("variance" in f for f in noise_failures(noise * EXPECTED / 3, target))  # ÷ realised count
+    assert any("variance" in f for f in noise_failures(noise * EXPECTED, target))  # no division by q·N
 
 
 def test_secure_source_is_the_default_and_its_noise_passes() -> None:
@@ -294,7 +257,7 @@ def test_secure_source_is_the_default_and_its_noise_passes() -> None:
     assert adaptive.random_source.secure is True
     assert DpFixedClipping(CLIP, Z, EXPECTED, random_source=SeededRandomSource(0)).random_source.secure is False
     noise, std = _pure_noise_rounds(14, dp.random_source)  # type: ignore[arg-type]
-    assert _noise_failures(noise, std) == []  # unseeded: α = 1e-6 per check
+    assert noise_failures(noise, std) == []  # unseeded: α = 1e-6 per check
 
 
 # ---------------------------------------------------------------- adaptive clipping: privacy
@@ -393,7 +356,7 @@ def test_adaptive_round_reports_z_for_the_ledger_and_z_delta_on_the_sum() -> Non
     assert result.noise_multiplier == 1.0
     assert result.update_noise_multiplier == pytest.approx(z_delta, rel=1e-15)
     assert result.noise_std_sum == pytest.approx(z_delta * 0.4, rel=1e-15)
-    assert _noise_failures(result.mean_delta["w"], z_delta * 0.4 / 100.0) == []
+    assert noise_failures(result.mean_delta["w"], z_delta * 0.4 / 100.0) == []
     assert result.unclipped_fraction is not None
     assert result.next_clip_norm == pytest.approx(0.4 * math.exp(-0.2 * (result.unclipped_fraction - 0.5)))
 

@@ -21,6 +21,7 @@ from ondevice.randomness import (
     make_random_source,
     uniforms_from_bytes,
 )
+from tests.noise_stats import ks_distance, noise_failures
 
 N = 1_000_000
 SIGMA, CLIP = 1.1, 0.7
@@ -30,50 +31,23 @@ def _source(name: str) -> RandomSource:
     return make_random_source(name, seed=20240607 if name == "seeded" else None)
 
 
-def _ks_distance(x: np.ndarray, std: float) -> float:
-    """sup |F_n − Φ(·/std)| (the KS statistic; computed directly, p-values are not needed)."""
-    cdf = stats.norm.cdf(np.sort(x) / std)  # [n]
-    n = x.shape[0]
-    return float(max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n)))
-
-
-def _noise_failures(x: np.ndarray, std: float) -> list[str]:
-    """DESIGN.md's checks for N(0, std²) over n = 10⁶ coordinates (each at α = 1e-6); [] if all pass."""
-    assert x.shape == (N,)
-    x = x.astype(np.float64)
-    failures = []
-    ratio = float(np.var(x)) / std**2
-    if not 0.9931 <= ratio <= 1.0069:
-        failures.append(f"variance ratio {ratio:.5f} outside [0.9931, 1.0069]")
-    mean = float(np.mean(x))
-    if abs(mean) >= 4.89 * std / math.sqrt(N):
-        failures.append(f"|mean| {abs(mean):.3g} >= 4.89·std/√n")
-    ks = _ks_distance(x, std)
-    if ks >= 2.7e-3:
-        failures.append(f"KS distance {ks:.3g} >= 2.7e-3")
-    tails = int(np.count_nonzero(np.abs(x) > 4 * std))
-    if not 29 <= tails <= 106:
-        failures.append(f"{tails} draws beyond 4σ, expected 29..106")
-    return failures
-
-
 @pytest.mark.parametrize("name", ["secure", "seeded"])
 def test_noise_matches_sigma_times_c_over_a_million_coordinates(name: str) -> None:
     noise = gaussian_noise(_source(name), N, SIGMA * CLIP)
     assert noise.dtype == np.float32
-    assert _noise_failures(noise, SIGMA * CLIP) == []
+    assert noise_failures(noise, SIGMA * CLIP) == []
 
 
 def test_noise_checks_have_power() -> None:
     """The same checks reject noise 2 % too large, a shifted mean, and non-Gaussian noise of the right std."""
     z = SeededRandomSource(5).standard_normal(N)
     std = SIGMA * CLIP
-    assert _noise_failures(z * std, std) == []
-    assert _ks_distance(z[:20_000] * std, std) == pytest.approx(stats.kstest(z[:20_000], "norm").statistic, rel=1e-9)
-    assert any("variance" in f for f in _noise_failures(z * std * 1.02, std))
-    assert any("mean" in f for f in _noise_failures(z * std + 0.01 * std, std))
+    assert noise_failures(z * std, std) == []
+    assert ks_distance(z[:20_000] * std, std) == pytest.approx(stats.kstest(z[:20_000], "norm").statistic, rel=1e-9)
+    assert any("variance" in f for f in noise_failures(z * std * 1.02, std))
+    assert any("mean" in f for f in noise_failures(z * std + 0.01 * std, std))
     laplace = np.random.default_rng(6).laplace(scale=std / math.sqrt(2), size=N)  # same variance
-    assert any("KS" in f or "4σ" in f for f in _noise_failures(laplace, std))
+    assert any("KS" in f or "4σ" in f for f in noise_failures(laplace, std))
 
 
 @pytest.mark.parametrize(("sigma", "clip"), [(0.5, 1.0), (1.3, 0.1), (4.0, 2.5)])

@@ -957,6 +957,15 @@ def cpu_breakdown(ingest_result: Mapping[str, Any], prof: Mapping[str, Any]) -> 
     return out
 
 
+def _http_stack() -> str:
+    """Which HTTP parser and event loop uvicorn picks up in this environment ("auto" prefers httptools, uvloop)."""
+    import importlib.util
+
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{parser} parser, {loop} loop"
+
+
 def main() -> None:
     bundle = bench_bundle()
     manifest: ArtifactManifest = verify_bundle(bundle)
@@ -987,8 +996,8 @@ def main() -> None:
         "connection (RawConnection over asyncio streams); requests signed just before sending; bodies, update "
         "MACs and sha256 built beforehand. reference_health_httpx_client: the same health load via "
         "httpx.AsyncClient (max_connections = c)",
-        "server": "`privtune serve` subprocess: uvicorn (h11, asyncio loop; no uvloop/httptools installed), one "
-        "worker, SQLite WAL synchronous=FULL, sync handlers in the anyio thread pool",
+        "server": f"`privtune serve` subprocess: uvicorn ({_http_stack()}), one worker, SQLite WAL "
+        "synchronous=FULL, sync handlers in the anyio thread pool",
         "q": 1.0,
         "trainable_numel": manifest.trainable_numel,
     }

@@ -388,3 +388,21 @@ def test_operator_cli_against_a_live_server(tmp_config, monkeypatch: pytest.Monk
         missing = runner.invoke(app, ["close-round", "9", "--url", server.url])
         assert missing.exit_code == 1 and "no round 9" in missing.output
     service.close()
+
+
+def test_body_framing_limits_are_4xx_and_counted(tmp_config) -> None:  # type: ignore[no-untyped-def]
+    """Over the size cap → 413 before the body is read; no Content-Length (chunked) → 411."""
+    service = Aggregator(tmp_config(clients_per_round=1, max_body_bytes=200_000))
+    with LiveServer(service) as server, httpx.Client(base_url=server.url) as http:
+        device_id, secret = enroll(http)
+        cfg = _open(http)
+        body = encode_update(make_update(cfg, device_id, service.adapter_params(0), seed=1))
+        assert len(body) > 200_000
+        too_big = post_update(http, device_id, secret, cfg.round_id, body)
+        assert too_big.status_code == 413 and too_big.json()["reason"] == "too_large"
+        headers = upload_headers(device_id, secret, cfg.round_id, body)
+        chunked = http.post(f"/v1/rounds/{cfg.round_id}/updates", content=iter([body]), headers=headers)
+        assert chunked.status_code == 411 and chunked.json()["reason"] == "malformed"
+        status = _status(http)
+        assert status["rejected_by_reason"] == {"too_large": 1, "malformed": 1} and status["accepted_total"] == 0
+    service.close()

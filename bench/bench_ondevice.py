@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import RESULTS_DIR, Timing, build_result, machine_info, write_result
+from bench.harness import RESULTS_DIR, Timing, bench_round_config, build_result, machine_info, write_result
 from ondevice.bundle import MANIFEST_FILE, verify_bundle
 from ondevice.data import load_tweeteval, tweeteval_task_dir
-from ondevice.protocol import ArtifactManifest, DpConfig, RoundConfig, canonical_name, encode_update
+from ondevice.protocol import ArtifactManifest, DpConfig, canonical_name, encode_update
 from ondevice.randomness import SecureRandomSource, gaussian_noise
 from ondevice.tokenizer import DeviceTokenizer
 from ondevice.update import build_update
@@ -578,15 +578,7 @@ def upload_sizes(manifest: ArtifactManifest, adapter: Mapping[str, np.ndarray]) 
     sizes: dict[str, Any] = {}
     for label, (dtype, rank) in variants.items():
         dp = DpConfig(CLIP_NORM, NOISE_MULTIPLIER, 0.05, 40, 0.1, train_rank=rank)
-        round_config = RoundConfig(
-            round_id=1,
-            manifest_hash=manifest.manifest_hash(),
-            global_adapter_version=0,
-            dp=dp,
-            update_clip_norm=1.0,
-            deadline_unix=time.time() + 3600,
-            update_dtype=dtype,
-        )
+        round_config = bench_round_config(manifest.manifest_hash(), dp, update_dtype=dtype)
         update = build_update(round_config, "bench-device-0001", adapter, local, 400, 1.23, 1e-5)
         blob = encode_update(update)
         numel = sum(int(t.size) for t in update.tensors.values())

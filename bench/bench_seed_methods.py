@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from bench.bench_ondevice import bench_bundle, load_adapter
-from bench.harness import machine_info, write_result
+from bench.harness import bench_round_config, machine_info, write_result
 from ondevice.accounting import LocalPrivacyLedger
 from ondevice.bundle import verify_bundle
 from ondevice.data import LabelledTexts, load_tweeteval, tweeteval_task_dir
-from ondevice.protocol import ArtifactManifest, DpConfig, RoundConfig
+from ondevice.protocol import ArtifactManifest, DpConfig
 from ondevice.randomness import RandomSource, SeededRandomSource
 from ondevice.trainer import LocalTrainer
 
@@ -134,14 +134,7 @@ def run_method(
     seed: int,
 ) -> RunOutcome:
     """One fresh device (empty ledger and state) running one round of ``dp`` with seeded steps."""
-    round_config = RoundConfig(
-        round_id=1,
-        manifest_hash=manifest.manifest_hash(),
-        global_adapter_version=0,
-        dp=dp,
-        update_clip_norm=1.0,
-        deadline_unix=time.time() + 86_400,
-    )
+    round_config = bench_round_config(manifest.manifest_hash(), dp, hours=24)
     with tempfile.TemporaryDirectory(prefix="privtune-seed-bench-") as tmp:
         ledger = LocalPrivacyLedger(Path(tmp) / "ledger.json", delta=DELTA)
         trainer = LocalTrainer(

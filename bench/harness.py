@@ -110,3 +110,18 @@ def write_result(result: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
     path = out_dir / f"{result['benchmark']}-{result['threads']}t.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def bench_round_config(manifest_hash: str, dp: Any, *, update_dtype: str = "float32", hours: float = 1.0) -> Any:
+    """Round 1 on adapter v0 with S = 1 for benchmark devices (``dp`` is an ``ondevice.protocol.DpConfig``)."""
+    from ondevice.protocol import RoundConfig
+
+    return RoundConfig(
+        round_id=1,
+        manifest_hash=manifest_hash,
+        global_adapter_version=0,
+        dp=dp,
+        update_clip_norm=1.0,
+        deadline_unix=time.time() + hours * 3600,
+        update_dtype=update_dtype,
+    )

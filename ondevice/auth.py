@@ -141,18 +141,25 @@ def _signing_problem(method: str, path: str, timestamp: object, nonce: str) -> s
     return None
 
 
-def canonical_request(method: str, path: str, body: bytes, timestamp: int, nonce: str) -> str:
-    """The string that is signed; ``ValueError`` on a field that has no canonical form."""
+def canonical_request(
+    method: str, path: str, body: bytes, timestamp: int, nonce: str, *, body_sha256: str | None = None
+) -> str:
+    """The string that is signed; ``ValueError`` on a field that has no canonical form.
+
+    ``body_sha256`` is the body's digest when the caller already computed it (the server's hot path)."""
     problem = _signing_problem(method, path, timestamp, nonce)
     if problem is not None:
         raise ValueError(problem)
-    return f"{SCHEME}\n{method}\n{path}\n{sha256_hex(bytes(body))}\n{timestamp}\n{nonce}"
+    digest = sha256_hex(bytes(body)) if body_sha256 is None else body_sha256
+    return f"{SCHEME}\n{method}\n{path}\n{digest}\n{timestamp}\n{nonce}"
 
 
-def sign_request(secret: bytes, method: str, path: str, body: bytes, timestamp: int, nonce: str) -> str:
+def sign_request(
+    secret: bytes, method: str, path: str, body: bytes, timestamp: int, nonce: str, *, body_sha256: str | None = None
+) -> str:
     """HMAC-SHA256 (lowercase hex) of ``canonical_request(...)`` under ``secret``."""
     _check_secret(secret)
-    message = canonical_request(method, path, body, timestamp, nonce).encode("ascii")
+    message = canonical_request(method, path, body, timestamp, nonce, body_sha256=body_sha256).encode("ascii")
     return hmac.new(bytes(secret), message, hashlib.sha256).hexdigest()
 
 
@@ -231,6 +238,7 @@ def verify_request(
     now: float,
     max_skew_s: float = DEFAULT_MAX_SKEW_S,
     nonces: NonceCache | None = None,
+    body_sha256: str | None = None,
 ) -> AuthHeaders:
     """Check a request's headers against ``secret`` and return them parsed.
 
@@ -252,7 +260,7 @@ def verify_request(
             RejectionReason.STALE_TIMESTAMP,
             f"timestamp {parsed.timestamp} is {skew:+.0f} s from the server clock (allowed ±{max_skew_s} s)",
         )
-    expected = sign_request(secret, method, path, body, parsed.timestamp, parsed.nonce)
+    expected = sign_request(secret, method, path, body, parsed.timestamp, parsed.nonce, body_sha256=body_sha256)
     if not hmac.compare_digest(expected, parsed.signature):
         raise AuthError(RejectionReason.BAD_SIGNATURE, "request signature does not verify")
     if nonces is not None and not nonces.remember(

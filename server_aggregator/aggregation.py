@@ -207,11 +207,19 @@ class DpAggregate:
     noise_multiplier: float  # z for the ledger
     update_noise_multiplier: float  # z_Δ on the update sum
     expected_clients: float  # q·N, the fixed denominator
-    noise_std_sum: float  # z_Δ·S, per coordinate of the sum
-    noise_std_mean: float  # z_Δ·S/(q·N), per coordinate of mean_delta
     next_clip_norm: float  # S for the next round (== clip_norm with fixed clipping)
     unclipped_fraction: float | None = None  # noised fraction b̄ (adaptive clipping only)
     bit_noise_std: float | None = None  # σ_b (adaptive clipping only)
+
+    @property
+    def noise_std_sum(self) -> float:
+        """z_Δ·S: noise std per coordinate of the clipped sum."""
+        return self.update_noise_multiplier * self.clip_norm
+
+    @property
+    def noise_std_mean(self) -> float:
+        """z_Δ·S/(q·N): noise std per coordinate of ``mean_delta``."""
+        return self.noise_std_sum / self.expected_clients
 
 
 def _gaussian_like(shapes: Shapes, std: float, source: RandomSource) -> dict[str, np.ndarray]:
@@ -328,8 +336,6 @@ class DpFixedClipping:
             noise_multiplier=z,
             update_noise_multiplier=z,
             expected_clients=expected,
-            noise_std_sum=z * clip,
-            noise_std_mean=z * clip / expected,
             next_clip_norm=clip,
         )
 
@@ -482,8 +488,6 @@ class DpAdaptiveClipping:
             noise_multiplier=z,
             update_noise_multiplier=z_delta,
             expected_clients=expected,
-            noise_std_sum=z_delta * clip,
-            noise_std_mean=z_delta * clip / expected,
             next_clip_norm=next_clip_norm(clip, fraction, cfg.target_quantile, cfg.clip_learning_rate),
             unclipped_fraction=fraction,
             bit_noise_std=float(cfg.bit_noise_std),

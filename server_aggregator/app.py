@@ -184,15 +184,15 @@ def create_app(service: Aggregator, *, run_closer: bool = True) -> FastAPI:
             body = await _read_body(request, service.config.max_body_bytes)
             if request.headers.get("content-type") != CONTENT_TYPE:
                 raise Rejection(415, RejectionReason.MALFORMED, f"Content-Type must be {CONTENT_TYPE}")
-            if idempotency_key != sha256_hex(body):
-                raise Rejection(400, RejectionReason.MALFORMED, "Idempotency-Key must be the sha256 of the body")
         except Rejection as rejection:
             await run_in_threadpool(service.record_rejection, rejection, round_id, device_id)
             return _error(rejection)
 
         def ingest() -> Any:
             path = _signed_path(request)
-            receipt, created = service.ingest_update(round_id, request.method, path, body, request.headers, update_mac)
+            receipt, created = service.ingest_update(
+                round_id, request.method, path, body, request.headers, update_mac, idempotency_key
+            )
             return JSONResponse(receipt.to_dict(), status_code=201 if created else 200)
 
         try:

@@ -205,13 +205,22 @@ class Aggregator:
             raise Rejection(401, RejectionReason.REVOKED_DEVICE, f"device {device_id!r} was revoked")
         return device.secret
 
-    def _verify(self, method: str, path: str, body: bytes, headers: HeaderItems) -> AuthHeaders:
+    def _verify(
+        self, method: str, path: str, body: bytes, headers: HeaderItems, body_sha256: str | None = None
+    ) -> AuthHeaders:
         """Signature and timestamp of a device request (the nonce is recorded by the caller's transaction)."""
         try:
             device_id = parse_auth_headers(headers).device_id
             secret = self._secret(device_id)
             return verify_request(
-                secret, method, path, body, headers, now=self.clock(), max_skew_s=self.config.max_skew_s
+                secret,
+                method,
+                path,
+                body,
+                headers,
+                now=self.clock(),
+                max_skew_s=self.config.max_skew_s,
+                body_sha256=body_sha256,
             )
         except AuthError as exc:
             raise Rejection(400 if exc.reason is RejectionReason.MALFORMED else 401, exc.reason, exc.message) from exc
@@ -332,29 +341,38 @@ class Aggregator:
         return terms
 
     def ingest_update(
-        self, round_id: int, method: str, path: str, body: bytes, headers: HeaderItems, update_mac: str
+        self,
+        round_id: int,
+        method: str,
+        path: str,
+        body: bytes,
+        headers: HeaderItems,
+        update_mac: str,
+        idempotency_key: str,
     ) -> tuple[UpdateReceipt, bool]:
         """Authenticate, validate and durably store one upload; (receipt, created).
 
         All checks that need no database run first; then ONE write transaction records the nonce,
         re-checks round state, selection and duplicates, and inserts the update. The caller answers
-        only after it commits.
+        only after it commits. The body is hashed once (Idempotency-Key, signature, stored digest).
         """
-        auth = self._verify(method, path, body, headers)
-        return self._store_update(round_id, auth.device_id, body, update_mac, auth)
+        digest = sha256_hex(body)
+        if idempotency_key != digest:
+            raise Rejection(400, RejectionReason.MALFORMED, "Idempotency-Key must be the sha256 of the body")
+        auth = self._verify(method, path, body, headers, body_sha256=digest)
+        return self._store_update(round_id, auth.device_id, body, update_mac, auth, digest)
 
     def submit_update(self, round_id: int, device_id: str, body: bytes, update_mac: str) -> tuple[UpdateReceipt, bool]:
         """``ingest_update`` for a device already authenticated in-process (no request signature or nonce)."""
-        return self._store_update(round_id, device_id, body, update_mac, None)
+        return self._store_update(round_id, device_id, body, update_mac, None, sha256_hex(body))
 
     def _store_update(
-        self, round_id: int, device_id: str, body: bytes, update_mac: str, auth: AuthHeaders | None
+        self, round_id: int, device_id: str, body: bytes, update_mac: str, auth: AuthHeaders | None, digest: str
     ) -> tuple[UpdateReceipt, bool]:
         if not verify_update_mac(body, self._secret(device_id), update_mac):
             raise Rejection(401, RejectionReason.BAD_SIGNATURE, "update MAC does not verify")
         update = parse_update(body)
         norm = check_update(update, self._terms(round_id), round_id=round_id, device_id=device_id)
-        digest = sha256_hex(body)
         now = self.clock()
         with self.db.write() as conn:
             if auth is not None:

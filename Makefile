@@ -25,14 +25,17 @@ pytest: venv
 
 test: lint typecheck pytest
 
-DEMO_BUNDLE ?= build/demo-bundle
+DEMO_DIR ?= build/demo
+DEMO_BUNDLE ?= $(DEMO_DIR)/bundle
 
 demo: venv
 	$(BIN)/privtune info
-	$(BIN)/privtune classify "have a lovely day, friend" "@user you are a disgrace, shut up"
+	@# DP synthetic data -> the base classifier (quick preset, ~10 min; every stage is cached: a re-run resumes).
+	$(BIN)/privtune synth --out $(DEMO_DIR)/synth --preset quick --epsilon 4
+	$(BIN)/privtune classify --model $(DEMO_DIR)/synth/eps-4/classifier "have a lovely day, friend" "@user you are a disgrace, shut up"
 	@# Export once (several minutes: ExecuTorch lowering); later runs only re-verify the cached bundle.
 	@if [ -f $(DEMO_BUNDLE)/manifest.json ]; then echo "reusing $(DEMO_BUNDLE)"; \
-	else mkdir -p $(dir $(DEMO_BUNDLE)) && $(BIN)/privtune export --out $(DEMO_BUNDLE); fi
+	else $(BIN)/privtune export --model $(DEMO_DIR)/synth/eps-4/classifier --out $(DEMO_BUNDLE); fi
 	$(BIN)/privtune verify $(DEMO_BUNDLE)
 
 bench: venv

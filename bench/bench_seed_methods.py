@@ -35,6 +35,7 @@ from ondevice.data import LabelledTexts, load_tweeteval, tweeteval_task_dir
 from ondevice.protocol import ArtifactManifest, DpConfig
 from ondevice.randomness import RandomSource, SeededRandomSource
 from ondevice.trainer import LocalTrainer
+from server_aggregator.synthetic.classifier_training import macro_f1
 
 RUNTIME = "executorch"
 THREADS = 2
@@ -71,17 +72,6 @@ class Metrics:
             "cross_entropy": self.cross_entropy,
             "positive_rate": self.positive_rate,
         }
-
-
-def macro_f1(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> float:
-    """Unweighted mean over classes of F1 = 2·tp / (2·tp + fp + fn) (0 for a class never seen nor predicted)."""
-    scores = []
-    for c in range(num_classes):
-        tp = int(np.sum((predicted == c) & (labels == c)))
-        fp = int(np.sum((predicted == c) & (labels != c)))
-        fn = int(np.sum((predicted != c) & (labels == c)))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
-    return float(np.mean(scores))
 
 
 def metrics(probabilities: np.ndarray, labels: np.ndarray) -> Metrics:

@@ -69,3 +69,21 @@ def dirichlet_partition(labels: np.ndarray, config: PartitionConfig, rng: np.ran
             shards[device].extend(int(i) for i in members[start : start + count])
             start += count
     return [np.sort(np.asarray(s, dtype=np.int64)) for s in shards]
+
+
+def central_seed_indices(num_examples: int, fraction: float, seed: int) -> np.ndarray:
+    """The train examples of the central seed set (``privtune synth``): the first ⌈fraction·n⌉ of a
+    seeded permutation, sorted int64. ``device_indices`` is the complement the fleet's devices share."""
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        raise ValueError(f"num_examples must be an int >= 1, found {num_examples!r}")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], found {fraction!r}")
+    order = np.random.default_rng(seed).permutation(num_examples)  # [N]
+    count = max(1, int(np.ceil(fraction * num_examples)))
+    return np.sort(order[:count]).astype(np.int64)
+
+
+def device_indices(num_examples: int, seed_fraction: float, seed: int) -> np.ndarray:
+    """Train examples NOT in the central seed set (sorted int64): the pool device shards come from."""
+    central = central_seed_indices(num_examples, seed_fraction, seed)
+    return np.setdiff1d(np.arange(num_examples, dtype=np.int64), central)

@@ -34,6 +34,7 @@ from export.classifier import ClassifierSpec, build_classifier
 from export.model_store import resolve_encoder
 from ondevice.data import DataError, LabelledTexts, load_jsonl, load_labelled
 from ondevice.durable import atomic_write_bytes
+from ondevice.partition import central_seed_indices
 from ondevice.protocol import LoraSpec
 from ondevice.randomness import RandomSource, make_random_source
 from server_aggregator.synthetic.classifier_training import (
@@ -73,14 +74,6 @@ def _json_bytes(value: Any) -> bytes:
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def central_seed_indices(num_examples: int, fraction: float, seed: int) -> np.ndarray:
-    """The train examples of the central seed set: the first ⌈fraction·n⌉ of a seeded permutation,
-    sorted. The complement (``np.setdiff1d``) is what the fleet may hand to devices."""
-    order = np.random.default_rng(seed).permutation(num_examples)
-    count = max(1, int(np.ceil(fraction * num_examples)))
-    return np.sort(order[:count])
 
 
 def load_seed_set(config: SynthConfig) -> SeedSet:

@@ -11,6 +11,7 @@ import pytest
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from ondevice.partition import central_seed_indices, device_indices
 from server_aggregator.synthetic.classifier_training import ClassifierTraining, macro_f1
 from server_aggregator.synthetic.config import PRESETS, DpTraining, SynthConfig, default_delta, preset
 from server_aggregator.synthetic.dp_sgd import (
@@ -20,7 +21,6 @@ from server_aggregator.synthetic.dp_sgd import (
     plan_dp_sgd,
     plan_epsilons,
 )
-from server_aggregator.synthetic.pipeline import central_seed_indices
 from server_aggregator.synthetic.sampling import SamplingSettings, clean_generated
 
 
@@ -147,8 +147,9 @@ def test_seed_set_split_is_seeded_and_its_complement_is_disjoint() -> None:
     assert len(a) == 300 and np.all(np.diff(a) > 0)
     assert np.array_equal(a, central_seed_indices(1000, 0.3, seed=5))
     assert not np.array_equal(a, central_seed_indices(1000, 0.3, seed=6))
-    rest = np.setdiff1d(np.arange(1000), a)
-    assert len(rest) == 700 and not set(rest) & set(a)
+    rest = device_indices(1000, 0.3, seed=5)
+    assert len(rest) == 700 and not set(rest.tolist()) & set(a.tolist())
+    assert np.array_equal(np.sort(np.concatenate([a, rest])), np.arange(1000))
     assert len(central_seed_indices(10, 1.0, seed=0)) == 10
 
 

@@ -262,6 +262,11 @@ class PrivacyBudgetExceeded(RuntimeError):
     def __init__(self, spent: float, planned: float, projected: float, budget: float, message: str) -> None:
         super().__init__(message)
         self.spent, self.planned, self.projected, self.budget = spent, planned, projected, budget
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[PrivacyBudgetExceeded], tuple[float, float, float, float, str]]:
+        # Picklable with its numbers, so it crosses process boundaries (the fleet's worker pool).
+        return (type(self), (self.spent, self.planned, self.projected, self.budget, self.message))
 
 
 class LedgerCorrupted(RuntimeError):

@@ -23,7 +23,7 @@ def _default_token_file(db_url: str) -> Path:
     return Path("admin-token")
 
 
-def _admin_token(path: Path | None) -> str:
+def read_admin_token(path: Path | None) -> str:
     from server_aggregator.server import ADMIN_TOKEN_ENV
 
     env = os.environ.get(ADMIN_TOKEN_ENV)
@@ -40,7 +40,7 @@ def _admin_token(path: Path | None) -> str:
 def _admin_request(method: str, url: str, path: str, token_file: Path | None, payload: Any = None) -> Any:
     import httpx
 
-    token = _admin_token(token_file)
+    token = read_admin_token(token_file)
     try:
         response = httpx.request(
             method, url.rstrip("/") + path, json=payload, headers={"Authorization": f"Bearer {token}"}, timeout=60

@@ -1,6 +1,8 @@
-"""The emulated fleet of phones (issue 7): per-device data shards and per-round conditions.
+"""The emulated fleet of phones (issue 7): N ``ondevice`` clients against a real aggregator URL.
 
-Built so far: ``shards`` (non-IID device data disjoint from synth's central seed set) and
-``conditions`` (seeded availability, dropouts, stragglers, network faults, adversaries).
-The worker-pool runner and ``privtune fleet`` come next.
+``shards`` (non-IID device data disjoint from synth's central seed set), ``conditions`` (seeded
+availability, dropouts, stragglers, network faults, adversaries), ``adversary`` (the attack
+requests), ``network`` (a flaky transport), ``device`` (one phone, one round), ``runner`` (the
+worker pool and the round loop behind ``privtune fleet``), ``evaluate`` (a global adapter through
+the phone's ORT programs). ``privtune demo`` and the fleet benchmarks come next.
 """

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from ondevice.accounting import PrivacyBudgetExceeded
 from ondevice.bundle import load_manifest
 from ondevice.data import LabelledTexts
 from ondevice.device import outbox_dir, participate, prepare_update
@@ -27,7 +28,17 @@ from privtune.fleet.adversary import attack_requests, honest_update
 from privtune.fleet.conditions import DeviceRound
 from privtune.fleet.network import FlakyTransport
 
-OUTCOMES = ("away", "no_round", "not_selected", "dropped", "straggled", "delivered", "rejected", "attacked")
+OUTCOMES = (
+    "away",
+    "no_round",
+    "not_selected",
+    "dropped",
+    "straggled",
+    "delivered",
+    "rejected",
+    "attacked",
+    "budget_exhausted",
+)
 
 
 class DeviceKilled(Exception):
@@ -117,6 +128,8 @@ def run_device_round(
         return DeviceRoundResult(device.device_id, rid, "dropped", steps_done[0], detail=str(killed))
     except UploadRejected as rejected:
         return DeviceRoundResult(device.device_id, rid, "rejected", steps_done[0], detail=str(rejected))
+    except PrivacyBudgetExceeded as refused:  # the phone's own example-level budget says no
+        return DeviceRoundResult(device.device_id, rid, "budget_exhausted", steps_done[0], detail=str(refused))
     body = outbox.get(rid) or b""
     epsilon = outcome.training.local_epsilon if outcome.training is not None else None
     return DeviceRoundResult(device.device_id, rid, "delivered", steps_done[0], len(body), epsilon)

@@ -17,6 +17,7 @@ from server_aggregator.synthetic.classifier_training import ClassifierTraining
 from server_aggregator.synthetic.config import PRESETS, DpTraining, SynthConfig
 from server_aggregator.synthetic.pipeline import run_synth
 from server_aggregator.synthetic.sampling import SamplingSettings
+from tests.tiny_data import tiny_tweeteval
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +32,6 @@ TINY = replace(
     real_classifier=ClassifierTraining(epochs=1.0, batch_size=8, max_steps=3),
     dp_classifier=DpTraining(expected_batch_size=8, max_steps=2, learning_rate=1e-3),
 )
-
-
-def tiny_tweeteval(source: Path, target: Path, train: int = 200, test: int = 40, only_label: str | None = None) -> Path:
-    """A TweetEval-format folder of the first lines of ``source`` (temporary; never committed)."""
-    target.mkdir(parents=True)
-    for split, count in (("train", train), ("test", test)):
-        texts = (source / f"{split}_text.txt").read_text().splitlines()
-        labels = (source / f"{split}_labels.txt").read_text().splitlines()
-        rows = [(t, y) for t, y in zip(texts, labels, strict=True) if only_label is None or y == only_label][:count]
-        (target / f"{split}_text.txt").write_text("".join(t + "\n" for t, _ in rows))
-        (target / f"{split}_labels.txt").write_text("".join(y + "\n" for _, y in rows))
-    (target / "mapping.txt").write_text((source / "mapping.txt").read_text())
-    return target
 
 
 def independent_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:

@@ -299,3 +299,14 @@ def test_bad_delta_is_refused(tmp_path: Path) -> None:
     for delta in (0.0, 1.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="delta"):
             LocalPrivacyLedger(tmp_path / "ledger.json", delta)
+
+
+def test_budget_refusal_survives_pickling_with_its_numbers() -> None:
+    import pickle
+
+    from ondevice.accounting import PrivacyBudgetExceeded
+
+    error = PrivacyBudgetExceeded(1.0, 2.0, 3.0, 2.5, "projected 3.0 > budget 2.5")
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, PrivacyBudgetExceeded) and str(copy) == "projected 3.0 > budget 2.5"
+    assert (copy.spent, copy.planned, copy.projected, copy.budget) == (1.0, 2.0, 3.0, 2.5)

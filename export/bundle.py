@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from safetensors.numpy import save_file
 from export.bundle_types import ExportOptions, WrittenFile
 from export.classifier import DEFAULT_LABELS, Classifier, ClassifierFormatError
 from ondevice.bundle import MANIFEST_FILE, TOKENIZER_ROLE, file_sha256
+from ondevice.durable import new_staging_dir, replace_dir
 from ondevice.protocol import ArtifactFile, ArtifactManifest, LoraSpec, ProtocolError
 
 ADAPTER_PATH = "adapter/adapter.safetensors"
@@ -187,7 +187,7 @@ def export_bundle(
         )
     say = progress or (lambda _message: None)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging = new_staging_dir(out)
     except OSError as exc:
         raise ExportError(f"cannot write in {out.parent} ({exc.strerror}); choose another --out") from exc
     seconds: dict[str, float] = {}
@@ -206,18 +206,8 @@ def export_bundle(
         say("hashing files and writing manifest.json")
         manifest = build_manifest(clf, options, staging, files)
         (staging / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
-        _swap_into_place(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ExportReport(manifest, out, seconds)
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        retired = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(retired)
-        staging.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(out)

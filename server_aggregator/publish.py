@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 import safetensors.numpy
 
 from ondevice.bundle import BundleError
-from ondevice.durable import atomic_write_bytes, fsync_dir
+from ondevice.durable import atomic_write_bytes, new_staging_dir, replace_dir
 from ondevice.protocol import ArtifactManifest, TensorSpec, canonical_json
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -155,29 +154,30 @@ class Publisher:
                 raise PublishError(f"{target}: already published with other tensors (sha {info.get('params_sha256')})")
             return target
         self.publish_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.publish_dir / f".staging-v{version:06d}-{os.getpid()}"
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir()
-        for item in sorted(self.base_dir.iterdir()):
-            if item.is_file() and item.name not in _TEMPLATE_SKIP:
-                shutil.copy2(item, staging / item.name)
-        lora = {
-            PEFT_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32)
-            for k, v in params.items()
-            if not k.startswith(HEAD_PREFIX)
-        }
-        head = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items() if k.startswith(HEAD_PREFIX)}
-        atomic_write_bytes(staging / ADAPTER_FILE, safetensors.numpy.save(lora, metadata={"format": "pt"}))
-        atomic_write_bytes(staging / HEAD_FILE, safetensors.numpy.save(head, metadata={"format": "pt"}))
-        info = {
-            "version": version,
-            "round_id": round_id,
-            "params_sha256": digest,
-            "manifest_hash": self.manifest.manifest_hash(),
-        }
-        atomic_write_bytes(staging / VERSION_FILE, (canonical_json(info) + "\n").encode())
-        fsync_dir(staging)
-        os.replace(staging, target)
-        fsync_dir(self.publish_dir)
+        staging = new_staging_dir(target)
+        try:
+            for item in sorted(self.base_dir.iterdir()):
+                if item.is_file() and item.name not in _TEMPLATE_SKIP:
+                    shutil.copy2(item, staging / item.name)
+            lora = {
+                PEFT_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32)
+                for k, v in params.items()
+                if not k.startswith(HEAD_PREFIX)
+            }
+            head = {
+                k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items() if k.startswith(HEAD_PREFIX)
+            }
+            atomic_write_bytes(staging / ADAPTER_FILE, safetensors.numpy.save(lora, metadata={"format": "pt"}))
+            atomic_write_bytes(staging / HEAD_FILE, safetensors.numpy.save(head, metadata={"format": "pt"}))
+            info = {
+                "version": version,
+                "round_id": round_id,
+                "params_sha256": digest,
+                "manifest_hash": self.manifest.manifest_hash(),
+            }
+            atomic_write_bytes(staging / VERSION_FILE, (canonical_json(info) + "\n").encode())
+            replace_dir(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return target

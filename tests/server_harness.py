@@ -21,8 +21,8 @@ import uvicorn
 
 from ondevice.auth import signed_headers
 from ondevice.protocol import AdapterUpdate, RoundConfig, encode_update, sha256_hex, update_mac
-from ondevice.update import build_update
 from ondevice.upload import CONTENT_TYPE, IDEMPOTENCY_HEADER, UPDATE_MAC_HEADER
+from privtune.fleet.adversary import honest_update
 from server_aggregator.app import create_app
 from server_aggregator.config import ServerConfig
 from server_aggregator.service import Aggregator
@@ -93,17 +93,10 @@ def enroll(client: httpx.Client, device_id: str | None = None) -> tuple[str, byt
     return data["device_id"], bytes.fromhex(data["secret"])
 
 
-def fake_local_params(global_params: Mapping[str, np.ndarray], seed: int, scale: float = 0.01) -> dict[str, np.ndarray]:
-    """ "Trained" parameters: global + seeded Gaussian perturbation (the server only sees the delta)."""
-    rng = np.random.default_rng(seed)
-    return {k: (v + scale * rng.standard_normal(v.shape)).astype(np.float32) for k, v in global_params.items()}
-
-
 def make_update(
     config: RoundConfig, device_id: str, global_params: Mapping[str, np.ndarray], seed: int, scale: float = 0.01
 ) -> AdapterUpdate:
-    local = fake_local_params(global_params, seed, scale)
-    return build_update(config, device_id, global_params, local, num_examples=10, local_epsilon=1.0, local_delta=1e-5)
+    return honest_update(config, device_id, global_params, seed, scale=scale, num_examples=10)
 
 
 def upload_headers(

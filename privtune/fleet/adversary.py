@@ -46,13 +46,19 @@ class AttackRequest:
 
 
 def honest_update(
-    round_config: RoundConfig, device_id: str, global_params: Mapping[str, np.ndarray], seed: int
+    round_config: RoundConfig,
+    device_id: str,
+    global_params: Mapping[str, np.ndarray],
+    seed: int,
+    *,
+    scale: float = 0.01,
+    num_examples: int = 8,
 ) -> AdapterUpdate:
-    """A plausible clipped update without training: global + seeded noise of scale 0.01, as a delta."""
+    """A plausible clipped update without training: global + seeded noise of ``scale``, as a delta."""
     rng = np.random.default_rng(seed)
-    local = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in global_params.items()}
+    local = {k: (v + scale * rng.standard_normal(v.shape)).astype(np.float32) for k, v in global_params.items()}
     return build_update(
-        round_config, device_id, global_params, local, num_examples=8, local_epsilon=1.0, local_delta=1e-5
+        round_config, device_id, global_params, local, num_examples=num_examples, local_epsilon=1.0, local_delta=1e-5
     )
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ import torch
 from export.classifier import ClassifierSpec, build_classifier
 from export.model_store import resolve_encoder
 from ondevice.data import DataError, LabelledTexts, load_jsonl, load_labelled
-from ondevice.durable import atomic_write_bytes
+from ondevice.durable import atomic_write_bytes, new_staging_dir, replace_dir
 from ondevice.partition import central_seed_indices
 from ondevice.protocol import LoraSpec
 from ondevice.randomness import RandomSource, make_random_source
@@ -121,21 +120,6 @@ class Stages:
         return result
 
 
-def _fresh_dir(path: Path) -> Path:
-    """An empty staging folder next to ``path`` (renamed into place when the stage finishes)."""
-    staging = path.with_name(f".{path.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def _publish_dir(staging: Path, path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(staging, path)
-
-
 def _plan(training: DpTraining, epsilon: float, delta: float, n: int) -> DpSgdPlan:
     return plan_dp_sgd(
         epsilon=epsilon,
@@ -161,16 +145,33 @@ def _new_classifier(config: SynthConfig, labels: tuple[str, ...]) -> Any:
     return build_classifier(config.encoder, spec, seed=config.seed)
 
 
-def plan_generator(config: SynthConfig, seed_set: SeedSet, epsilon: float) -> DpSgdPlan:
-    delta = config.delta if config.delta is not None else default_delta(len(seed_set.train))
-    return _plan(config.preset.generator, epsilon, delta, len(seed_set.train))
+@dataclass(frozen=True)
+class EpsilonPlans:
+    """Everything planned for one target ε, computed once before any training."""
+
+    epsilon: float
+    delta: float
+    generator: DpSgdPlan
+    dp_baseline: DpSgdPlan | None
 
 
-def check_delta(config: SynthConfig, n: int) -> float:
+def resolve_delta(config: SynthConfig, n: int) -> float:
+    """δ for ``n`` seed examples: the configured one, or the default; refused above 1/(10·n)."""
     delta = config.delta if config.delta is not None else default_delta(n)
     if delta > 1.0 / (10 * n):
         raise ValueError(f"delta={delta:g} is above 1/(10·n) = {1.0 / (10 * n):.3g} for the {n} seed examples")
     return delta
+
+
+def plan_epsilon(config: SynthConfig, n: int, epsilon: float) -> EpsilonPlans:
+    """The generator's (and the DP-SGD baseline's) plan for ``epsilon``; raises if it cannot be met."""
+    delta = resolve_delta(config, n)
+    return EpsilonPlans(
+        epsilon=epsilon,
+        delta=delta,
+        generator=_plan(config.preset.generator, epsilon, delta, n),
+        dp_baseline=_plan(config.preset.dp_classifier, epsilon, delta, n) if config.baselines else None,
+    )
 
 
 def _train_generator(
@@ -199,9 +200,9 @@ def _train_generator(
     )
     epsilons = plan_epsilons(plan)
     target = run_dir / "generator"
-    staging = _fresh_dir(target)
+    staging = new_staging_dir(target)
     save_generator_adapter(gen, staging, {"dp": plan.to_dict(), "epsilon": epsilons})
-    _publish_dir(staging, target)
+    replace_dir(staging, target)
     return {
         "plan": plan.to_dict(),
         "epsilon": epsilons,
@@ -211,13 +212,12 @@ def _train_generator(
 
 
 def run_epsilon(
-    config: SynthConfig, seed_set: SeedSet, epsilon: float, stages: Stages, progress: Progress
+    config: SynthConfig, seed_set: SeedSet, plans: EpsilonPlans, stages: Stages, progress: Progress
 ) -> dict[str, Any]:
-    """Every ε-dependent stage for one target ε; returns the row of the comparison table."""
+    """Every ε-dependent stage for one planned target ε; returns the row of the comparison table."""
+    epsilon, delta, plan = plans.epsilon, plans.delta, plans.generator
     run_dir = config.out_dir / f"eps-{epsilon:g}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    delta = check_delta(config, len(seed_set.train))
-    plan = plan_generator(config, seed_set, epsilon)
     preset = config.preset
     data_key = (seed_set.indices_sha256, config.data, seed_set.train.label_names)
     gen_key = _key(
@@ -266,16 +266,16 @@ def run_epsilon(
         progress("evaluating the synthetic-data classifier on the real test split")
         metrics = evaluate_classifier(clf, seed_set.test)
         target = run_dir / "classifier"
-        staging = _fresh_dir(target)
+        staging = new_staging_dir(target)
         clf.save(staging)
-        _publish_dir(staging, target)
+        replace_dir(staging, target)
         return {"metrics": metrics, "losses": losses, "synthetic_examples": len(synthetic)}
 
     classifier = stages.run(f"eps-{epsilon:g}-classifier", clf_key, train_on_synthetic)
 
     dp_baseline: dict[str, Any] | None = None
-    if config.baselines:
-        dp_plan = _plan(preset.dp_classifier, epsilon, delta, len(seed_set.train))
+    if plans.dp_baseline is not None:
+        dp_plan = plans.dp_baseline
         dp_key = _key(
             "baseline-dp",
             data_key,
@@ -431,11 +431,7 @@ def run_synth(config: SynthConfig, progress: Progress | None = None) -> dict[str
     resolve_encoder(config.encoder)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     # Plan every ε before any training so a budget that is too small fails fast, with the numbers.
-    for epsilon in config.epsilons:
-        check_delta(config, len(seed_set.train))
-        plan_generator(config, seed_set, epsilon)
-        if config.baselines:
-            _plan(config.preset.dp_classifier, epsilon, check_delta(config, len(seed_set.train)), len(seed_set.train))
+    plans = [plan_epsilon(config, len(seed_set.train), epsilon) for epsilon in config.epsilons]
     atomic_write_bytes(
         config.out_dir / "seed-set.json",
         _json_bytes(
@@ -450,7 +446,7 @@ def run_synth(config: SynthConfig, progress: Progress | None = None) -> dict[str
     )
     stages = Stages(config.out_dir, say)
     real = run_real_baseline(config, seed_set, stages, say) if config.baselines else None
-    rows = [run_epsilon(config, seed_set, eps, stages, say) for eps in config.epsilons]
+    rows = [run_epsilon(config, seed_set, planned, stages, say) for planned in plans]
     table = {
         "preset": config.preset.name,
         "preset_note": config.preset.note,

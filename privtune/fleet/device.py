@@ -20,9 +20,10 @@ from ondevice.accounting import PrivacyBudgetExceeded
 from ondevice.bundle import load_manifest
 from ondevice.data import LabelledTexts
 from ondevice.device import outbox_dir, participate, prepare_update
+from ondevice.randomness import SeededRandomSource
 from ondevice.server_client import AggregatorClient
 from ondevice.train_backends import StepStats
-from ondevice.trainer import LocalTrainer
+from ondevice.trainer import LocalTrainer, StepSourceFactory
 from ondevice.upload import Outbox, UploadClient, UploadRejected
 from privtune.fleet.adversary import attack_requests, honest_update
 from privtune.fleet.conditions import DeviceRound
@@ -52,6 +53,9 @@ class EmulatedDevice:
     runtime: str
     state_dir: Path
     threads: int = 1
+    noise_seed: int | None = None
+    """None: noise and sampling from the OS CSPRNG (a real phone). An int: seeded, reproducible and
+    NOT private — for tests and benchmarks only."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,9 @@ def run_device_round(
         )
 
     trainer = LocalTrainer.from_bundle(
-        bundle_dir, shard, device.state_dir, runtime=device.runtime, threads=device.threads
-    )
+        bundle_dir, shard, device.state_dir, runtime=device.runtime, threads=device.threads,
+        random_source=_step_sources(device, fate.device_index),
+    )  # fmt: skip
     steps_done = [0]
 
     def on_step(step: int, _: StepStats) -> None:
@@ -133,6 +138,13 @@ def run_device_round(
     body = outbox.get(rid) or b""
     epsilon = outcome.training.local_epsilon if outcome.training is not None else None
     return DeviceRoundResult(device.device_id, rid, "delivered", steps_done[0], len(body), epsilon)
+
+
+def _step_sources(device: EmulatedDevice, index: int) -> StepSourceFactory | None:
+    if device.noise_seed is None:
+        return None
+    base = device.noise_seed * 1_000_003 + index * 10_007
+    return lambda round_id, step: SeededRandomSource(base + round_id * 101 + step)
 
 
 def deliver_late(device: EmulatedDevice, server_url: str, round_id: int) -> DeviceRoundResult:

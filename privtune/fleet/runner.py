@@ -55,6 +55,8 @@ class FleetConfig:
     shard_seed: int = 0
     memory_cap_mb: int | None = None
     """Address-space limit of each worker process (None: no limit)."""
+    noise_seed: int | None = None
+    """Seed every device's local noise and sampling (tests only: NOT private). None: OS CSPRNG."""
 
     def __post_init__(self) -> None:
         for name in ("devices", "rounds", "workers"):
@@ -94,6 +96,7 @@ def enroll_fleet(config: FleetConfig, http: httpx.Client) -> list[EmulatedDevice
             bytes.fromhex(r["secret"]),
             config.runtimes[i % len(config.runtimes)],
             config.state_root / r["device_id"],
+            noise_seed=config.noise_seed,
         )
         for i, r in enumerate(records[: config.devices])
     ]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from ondevice.protocol import DpConfig
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -58,6 +62,14 @@ def _admin_request(method: str, url: str, path: str, token_file: Path | None, pa
     return body
 
 
+def local_dp_config(**overrides: float | int | None) -> DpConfig:
+    """The devices' DP-SGD settings: the server defaults with every given (non-None) value replaced."""
+    from server_aggregator.config import DEFAULT_LOCAL_DP
+
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(DEFAULT_LOCAL_DP, **given)
+
+
 def register(app: typer.Typer) -> None:
     """Add the server commands to the ``privtune`` app."""
 
@@ -105,6 +117,28 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option("--adaptive-bit-noise", help="σ_b on the unclipped count (default clients-per-round / 20)."),
         ] = None,
+        server_learning_rate: Annotated[
+            float, typer.Option("--server-learning-rate", help="Step size applied to the noised mean update.")
+        ] = 1.0,
+        local_clip_norm: Annotated[
+            float | None, typer.Option("--local-clip-norm", help="Devices' per-example clip C (default 1.0).")
+        ] = None,
+        local_noise_multiplier: Annotated[
+            float | None, typer.Option("--local-noise-multiplier", help="Devices' DP-SGD σ (default 1.0).")
+        ] = None,
+        local_sampling_rate: Annotated[
+            float | None, typer.Option("--local-sampling-rate", help="Devices' Poisson rate per step (default 0.1).")
+        ] = None,
+        local_steps: Annotated[
+            int | None, typer.Option("--local-steps", help="Local steps per round (default 10).")
+        ] = None,
+        local_learning_rate: Annotated[
+            float | None, typer.Option("--local-learning-rate", help="Devices' SGD step size (default 0.05).")
+        ] = None,
+        local_epsilon_budget: Annotated[
+            float | None,
+            typer.Option("--local-epsilon-budget", help="Each device's own example-level ε cap (default 8)."),
+        ] = None,
         host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port")] = 8700,
         admin_token_file: Annotated[Path | None, TOKEN_OPTION] = None,
@@ -129,6 +163,14 @@ def register(app: typer.Typer) -> None:
                     bit_noise_std=adaptive_bit_noise if adaptive_bit_noise is not None else clients_per_round / 20,
                     initial_clip_norm=update_clip_norm,
                 )
+            local_dp = local_dp_config(
+                clip_norm=local_clip_norm,
+                noise_multiplier=local_noise_multiplier,
+                sampling_rate=local_sampling_rate,
+                local_steps=local_steps,
+                learning_rate=local_learning_rate,
+                local_epsilon_budget=local_epsilon_budget,
+            )
             token, created = load_or_create_admin_token(token_path)
             config = ServerConfig(
                 db_url=db,
@@ -146,6 +188,8 @@ def register(app: typer.Typer) -> None:
                 round_duration_s=round_duration,
                 target_updates=target_updates,
                 adaptive_clipping=adaptive,
+                server_learning_rate=server_learning_rate,
+                local_dp=local_dp,
             )
             if created:
                 console.print(f"admin token written to {token_path} (mode 0600)")

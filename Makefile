@@ -30,13 +30,11 @@ DEMO_BUNDLE ?= $(DEMO_DIR)/bundle
 
 demo: venv
 	$(BIN)/privtune info
-	@# DP synthetic data -> the base classifier (quick preset, ~10 min; every stage is cached: a re-run resumes).
-	$(BIN)/privtune synth --out $(DEMO_DIR)/synth --preset quick --epsilon 4
-	$(BIN)/privtune classify --model $(DEMO_DIR)/synth/eps-4/classifier "have a lovely day, friend" "@user you are a disgrace, shut up"
-	@# Export once (several minutes: ExecuTorch lowering); later runs only re-verify the cached bundle.
-	@if [ -f $(DEMO_BUNDLE)/manifest.json ]; then echo "reusing $(DEMO_BUNDLE)"; \
-	else $(BIN)/privtune export --model $(DEMO_DIR)/synth/eps-4/classifier --out $(DEMO_BUNDLE); fi
+	@# DP synthetic data -> base classifier -> export -> `privtune serve` -> emulated phones -> report
+	@# (~20-25 min on 2 cores; every stage is cached, so a re-run resumes where it stopped).
+	$(BIN)/privtune demo --out $(DEMO_DIR)
 	$(BIN)/privtune verify $(DEMO_BUNDLE)
+	$(BIN)/privtune classify --model $(DEMO_DIR)/synth/eps-4/classifier "have a lovely day, friend" "@user you are a disgrace, shut up"
 
 bench: venv
 	$(PY) -m bench

@@ -48,7 +48,6 @@ import resource
 import secrets
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +75,7 @@ from ondevice.protocol import (
 )
 from ondevice.update import build_update
 from ondevice.upload import CONTENT_TYPE, IDEMPOTENCY_HEADER, UPDATE_MAC_HEADER
+from server_aggregator.process import spawn_until_ready, stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSIFIER_ENV = "PRIVTUNE_BENCH_CLASSIFIER"
@@ -158,30 +158,11 @@ class ServerProcess:
 @contextmanager
 def _spawned(args: Sequence[str], env: Mapping[str, str], log: Path, url: str, ready_path: str) -> Iterator[int]:
     """Run ``args``; yield its pid once ``GET url + ready_path`` answers 200; SIGTERM (then SIGKILL) on exit."""
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(list(args), stdout=sink, stderr=subprocess.STDOUT, env=dict(env), cwd=REPO_ROOT)
+    proc = spawn_until_ready(args, log=log, url=url, ready_path=ready_path, env=env, cwd=REPO_ROOT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{args[3]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(url + ready_path, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{args[3]} did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
         yield proc.pid
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        proc.wait()
+        stop_process(proc)
 
 
 @contextmanager

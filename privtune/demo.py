@@ -43,6 +43,7 @@ from ondevice.protocol import DpConfig
 from privtune.fleet.conditions import FleetConditions
 from privtune.fleet.ledger_check import epsilon_by_round, read_ledger, recompute_epsilon
 from privtune.fleet.runner import RUNTIMES, FleetConfig, run_fleet
+from server_aggregator.process import spawn_until_ready, stop_process
 from server_aggregator.synthetic.pipeline import Stages
 
 Progress = Callable[[str], None]
@@ -204,43 +205,33 @@ def serve_command(config: DemoConfig, classifier: Path, bundle: Path, port: int)
     ]  # fmt: skip
 
 
-@contextmanager
-def running_server(config: DemoConfig, classifier: Path, bundle: Path, say: Progress) -> Iterator[ServerHandle]:
-    """Start ``privtune serve`` as a child process, wait until healthy, stop it (SIGTERM) on exit."""
+def start_server(config: DemoConfig, classifier: Path, bundle: Path, port: int | None = None) -> ServerHandle:
+    """Start ``privtune serve`` as a child process (log: ``server/server.log``) and wait until it is healthy."""
     server_dir = config.out_dir / "server"
     server_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    log = (server_dir / "server.log").open("ab")
-    process = subprocess.Popen(
-        serve_command(config, classifier, bundle, port), stdout=log, stderr=subprocess.STDOUT, cwd=config.out_dir
-    )
+    port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
+    process = spawn_until_ready(
+        serve_command(config, classifier, bundle, port), log=server_dir / "server.log", url=url, cwd=config.out_dir
+    )
+    token = (server_dir / "admin-token").read_text().strip()
+    return ServerHandle(url, token, server_dir / "state.db", server_dir / "published", process)
+
+
+def stop_server(process: subprocess.Popen[bytes], *, kill: bool = False) -> None:
+    """SIGTERM (a clean shutdown) or SIGKILL (a crash), then reap the process."""
+    stop_process(process, kill=kill)
+
+
+@contextmanager
+def running_server(config: DemoConfig, classifier: Path, bundle: Path, say: Progress) -> Iterator[ServerHandle]:
+    """A ``privtune serve`` process for the ``with`` block, stopped cleanly at its end."""
+    server = start_server(config, classifier, bundle)
+    say(f"aggregator up at {server.url} (log: {config.out_dir / 'server' / 'server.log'})")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                tail = (server_dir / "server.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"privtune serve exited with code {process.returncode}; its log ends:\n{tail}")
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"privtune serve did not answer on {url} within 120 s (see {server_dir}/server.log)")
-            time.sleep(0.2)
-        say(f"aggregator up at {url} (log: {server_dir / 'server.log'})")
-        token = (server_dir / "admin-token").read_text().strip()
-        yield ServerHandle(url, token, server_dir / "state.db", server_dir / "published", process)
+        yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
+        stop_server(server.process)
 
 
 def server_status(server: ServerHandle) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from ondevice.upload import CONTENT_TYPE, IDEMPOTENCY_HEADER, UPDATE_MAC_HEADER
 from privtune.fleet.adversary import honest_update
 from server_aggregator.app import create_app
 from server_aggregator.config import ServerConfig
+from server_aggregator.process import spawn_until_ready, stop_process
 from server_aggregator.service import Aggregator
 
 ADMIN_TOKEN = "test-admin-token-" + "0" * 16
@@ -143,26 +144,11 @@ def server_process(config: ServerConfig, port: int, log: Path) -> Iterator[subpr
         "--round-duration", str(config.round_duration_s), "--port", str(port),
     ]  # fmt: skip
     env = {**os.environ, "PRIVTUNE_ADMIN_TOKEN": config.admin_token}
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    proc = spawn_until_ready(args, log=log, url=f"http://127.0.0.1:{port}", env=env, cwd=REPO)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        stop_process(proc, kill=True)
 
 
 def new_nonce() -> str:

@@ -39,6 +39,9 @@ class CheckInResult:
 
     round_config: RoundConfig | None
     selected: bool
+    open_round_id: int | None = None
+    """The open round's id even when this device was not selected (None: no round is open, or an
+    older server that does not say)."""
 
 
 class AggregatorClient:
@@ -100,11 +103,17 @@ class AggregatorClient:
             round_data = data["round"]
             selected = data["selected"]
             config = None if round_data is None else RoundConfig.from_dict(round_data)
-        except (ValueError, KeyError, TypeError, ProtocolError) as exc:
+            open_round = data.get("open_round_id")
+        except (ValueError, KeyError, TypeError, AttributeError, ProtocolError) as exc:
             raise AggregatorError(f"check-in answer is not a round announcement: {exc}", response.status_code) from exc
-        if not isinstance(selected, bool) or (config is not None and not selected):
+        if (
+            not isinstance(selected, bool)
+            or (config is not None and not selected)
+            or (open_round is not None and (isinstance(open_round, bool) or not isinstance(open_round, int)))
+            or (config is not None and open_round is not None and open_round != config.round_id)
+        ):
             raise AggregatorError(f"check-in answer is inconsistent: {data!r}", response.status_code)
-        return CheckInResult(config, selected)
+        return CheckInResult(config, selected, open_round)
 
     def fetch_adapter(self, version: int, trainable: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
         """Download global adapter ``version``; its sha256 and every tensor's name and shape are checked."""

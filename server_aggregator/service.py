@@ -80,11 +80,14 @@ class CheckIn:
 
     round_config: RoundConfig | None
     selected: bool
+    open_round_id: int | None = None
+    """The open round's id, also for a device that was not selected (None: no round is open)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "round": None if self.round_config is None else self.round_config.to_dict(),
             "selected": self.selected,
+            "open_round_id": self.open_round_id,
         }
 
 
@@ -326,7 +329,7 @@ class Aggregator:
             if selected is None:
                 selected = bool(self.random.uniform(1)[0] < row.sampling_rate)
                 store.insert_selection(conn, row.round_id, device_id, selected, now)
-            return CheckIn(self._round_config(row) if selected else None, selected)
+            return CheckIn(self._round_config(row) if selected else None, selected, int(row.round_id))
 
     def _terms(self, round_id: int) -> RoundTerms:
         """A round's upload terms (immutable once the round exists, so cached)."""

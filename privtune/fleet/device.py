@@ -88,10 +88,10 @@ def run_device_round(
     with AggregatorClient(server_url, device.device_id, device.secret) as api:
         answer = api.check_in()
         round_config = answer.round_config
+        if not answer.selected and answer.open_round_id is not None:
+            return DeviceRoundResult(device.device_id, answer.open_round_id, "not_selected")
         if round_config is None:
             return DeviceRoundResult(device.device_id, None, "no_round")
-        if not answer.selected:
-            return DeviceRoundResult(device.device_id, round_config.round_id, "not_selected")
         trainable = load_manifest(bundle_dir).trainable  # the trainer verifies every file below
         global_params = api.fetch_adapter(round_config.global_adapter_version, trainable)
     rid = round_config.round_id

@@ -78,3 +78,24 @@ def test_fates_play_out_against_the_real_server(
         assert status["rejected_by_reason"]["non_finite"] == 1
         assert sum(status["rejected_by_reason"].values()) == 2, status["rejected_by_reason"]
     service.close()
+
+
+def test_a_device_passed_over_by_sampling_is_not_selected_and_without_a_round_it_is_no_round(
+    tmp_path: Path, bundle_dir: Path, classifier_dir: Path, offensive_dir: Path
+) -> None:
+    shard = load_tweeteval(offensive_dir, "val").subset(range(8))
+    config = make_config(tmp_path, bundle_dir, classifier_dir, clients_per_round=1, epsilon_budget=100.0)
+    service = Aggregator(config)
+    with LiveServer(service) as server, httpx.Client(base_url=server.url) as http:
+        phones = [EmulatedDevice(*enroll(http, f"phone-{i}"), "ort", tmp_path / f"p{i}") for i in range(30)]
+        before = run_device_round(phones[0], shard, fate(0), server.url, bundle_dir)
+        assert (before.outcome, before.round_id) == ("no_round", None)
+        admin(http, "POST", "/v1/admin/rounds").raise_for_status()  # q = 1/30
+        passed_over = [
+            r
+            for r in (run_device_round(p, shard, fate(i), server.url, bundle_dir) for i, p in enumerate(phones[:12]))
+            if r.outcome == "not_selected"
+        ]
+        assert passed_over, "with q = 1/30 at least one of 12 phones is passed over (P(fail) < 1e-15)"
+        assert all(r.round_id == 0 and r.steps_done == 0 for r in passed_over)
+    service.close()

@@ -44,7 +44,9 @@ def test_poisson_selection_rate_and_a_stable_decision(tmp_path: Path, bundle_dir
     assert abs(selected - q * n) < 5 * np.sqrt(n * q * (1 - q)), selected  # Bin(400, 0.3): 120 ± 9.2
     chosen = next(d for d, s in zip(devices, first, strict=True) if s)
     assert service.check_in(chosen).round_config == config
-    assert service.check_in(next(d for d, s in zip(devices, first, strict=True) if not s)).round_config is None
+    passed_over = service.check_in(next(d for d, s in zip(devices, first, strict=True) if not s))
+    assert passed_over.round_config is None and not passed_over.selected
+    assert passed_over.open_round_id == config.round_id  # "not selected" is told apart from "no round"
     service.close()
 
 
@@ -63,7 +65,8 @@ def test_deadline_and_target_count_close_the_round(tmp_path: Path, bundle_dir: P
     round1 = service.open_round(duration_s=60)
     assert round1.global_adapter_version == 1
     clock.now += 61
-    assert service.check_in("b").round_config is None  # past the deadline: nothing to join
+    past = service.check_in("b")
+    assert past.round_config is None and past.open_round_id is None  # past the deadline: nothing to join
     late = encode_update(make_update(round1, "b", service.adapter_params(1), seed=2))
     with pytest.raises(Exception, match="not open"):
         _submit(service, "b", b.secret, late, 1)

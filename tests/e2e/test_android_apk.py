@@ -55,7 +55,6 @@ APT_UNREACHABLE = 3
 SKIPPED_STATUS = 77
 PACKAGE = "dev.privtune.demo"
 INTEGER_ORDERS = [float(a) for a in range(2, 64)] + [128.0, 256.0, 512.0, 1024.0]
-BUILD_BUDGET_S = 240.0
 
 
 def run(
@@ -116,7 +115,7 @@ def test_build_reports_ok_runs_the_unit_tests_and_excludes_ort(apk_build: ApkBui
     assert tests and int(tests.group(1)) >= 20, f"the app's JVM unit tests did not all run: {out[-3000:]}"
     assert "5 ORT classes type-check; NOT dexed" in out
     assert "NOT IN THIS APK (by design): app/src/ort" in out
-    assert apk_build.seconds < BUILD_BUDGET_S, f"build.sh took {apk_build.seconds:.1f} s"
+    print(f"build.sh took {apk_build.seconds:.1f} s")  # reported, never asserted (timings go to bench/)
 
 
 def test_build_fails_loudly_when_a_step_fails(toolchain: None, tmp_path: Path) -> None:
@@ -375,12 +374,10 @@ def test_emulator_script_skips_visibly_without_an_emulator(bundle_dir: Path, cla
         os.environ.get("ANDROID_SDK_ROOT") or os.environ.get("ANDROID_HOME")
     )
     env = {**os.environ, "PRIVTUNE_BUNDLE": str(bundle_dir), "PRIVTUNE_CLASSIFIER": str(classifier_dir)}
-    start = time.monotonic()
     proc = run(["bash", str(EMULATOR_SH)], env=env, timeout=3600)
     if proc.returncode == SKIPPED_STATUS:
         assert proc.stdout.startswith("SKIPPED: no Android emulator/SDK on this machine ("), explain(proc)
         assert "NOT run" in proc.stdout and "PASSED" not in proc.stdout
-        assert time.monotonic() - start < 30
         if not has_sdk:  # the script behaved; the emulator tests themselves did not run: say so as a skip
             pytest.skip(f"EMULATOR TESTS SKIPPED (no Android emulator/SDK here): {proc.stdout.strip()[:300]}")
         pytest.skip(f"EMULATOR TESTS NOT RUN: an SDK is configured but unusable here: {proc.stdout.strip()}")

@@ -45,7 +45,6 @@ ANDROID_DEBS = REPO_ROOT.parent / "shared" / "tools" / "android-debs"
 MAVEN = ["mvn", "-o", "-B", "-q", "-Dstyle.color=never", "-Dmaven.repo.local=/usr/share/maven-repo"]
 APT_UNREACHABLE = 3  # scripts/android_toolchain.sh's exit status when apt cannot be reached
 JUNIT_CLASSES = 17  # test classes under android_demo/core/src/test (a class that stops running fails the count)
-JUNIT_BUDGET_S = 60.0
 
 
 def run(
@@ -108,10 +107,8 @@ def test_junit_suite_with_golden_files_passes(jvm_build: JvmBuild) -> None:
     assert counts["skipped"] == 0, f"JUnit tests were skipped (the golden folder not seen?): {counts}"
     golden = by_class["dev.privtune.core.golden.GoldenFilesTest"]
     assert int(golden.get("tests", "0")) >= 10 and int(golden.get("skipped", "0")) == 0
-    junit_seconds = sum(float(s.get("time", "0")) for s in suites)
-    assert junit_seconds < JUNIT_BUDGET_S, (
-        f"JUnit tests took {junit_seconds:.1f} s (mvn total {jvm_build.seconds:.1f} s)"
-    )
+    junit_seconds = sum(float(s.get("time", "0")) for s in suites)  # reported, never asserted (timings go to bench/)
+    print(f"JUnit: {counts['tests']} tests in {junit_seconds:.1f} s (mvn total {jvm_build.seconds:.1f} s)")
 
 
 def float32_close(python: list[float], java: list[float]) -> bool:

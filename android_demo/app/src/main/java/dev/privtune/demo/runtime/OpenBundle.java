@@ -19,13 +19,18 @@ public final class OpenBundle {
         this.tokenizer = tokenizer;
     }
 
+    /** The runtime this app runs (its files, the tokenizer and the base adapter are verified). */
+    public static final String RUNTIME = "ort";
+
     /**
-     * Verifies every listed file's size and sha256 ({@link Bundle#verify}) and loads the tokenizer.
+     * Verifies size and sha256 of every file the ORT phone uses ({@link Bundle#verify(File, String)}:
+     * ORT programs, tokenizer, base adapter; ExecuTorch files are neither needed nor read) and loads the
+     * tokenizer.
      *
      * @throws BundleException naming the missing or damaged file
      */
     public static OpenBundle verify(File dir) throws BundleException {
-        ArtifactManifest manifest = Bundle.verify(dir);
+        ArtifactManifest manifest = Bundle.verify(dir, RUNTIME);
         return new OpenBundle(dir, manifest, DeviceTokenizer.fromBundle(dir, manifest));
     }
 

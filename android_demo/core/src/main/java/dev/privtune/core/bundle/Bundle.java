@@ -36,10 +36,30 @@ public final class Bundle {
         }
     }
 
+    /** Backends every runtime needs: the tokenizer files and the base adapter. */
+    private static final String[] SHARED_BACKENDS = {"tokenizer", "common"};
+
     /** The manifest, after checking every listed file's presence, size and sha256. */
     public static ArtifactManifest verify(File dir) throws BundleException {
+        return verify(dir, null);
+    }
+
+    /**
+     * The manifest, after checking presence, size and sha256 of the files a phone running
+     * {@code runtime} ("ort" or "executorch") uses: that backend's files, the tokenizer and the base
+     * adapter. Files of other backends are not read at all (a phone may be given only its runtime's
+     * files; hashing the others would cost hundreds of MB of reads). {@code null} checks every file.
+     *
+     * @throws BundleException naming the missing or damaged file, or when no file of {@code runtime} is listed
+     */
+    public static ArtifactManifest verify(File dir, String runtime) throws BundleException {
         ArtifactManifest manifest = loadManifest(dir);
+        boolean any = false;
         for (ArtifactFile entry : manifest.files()) {
+            if (runtime != null && !entry.backend().equals(runtime) && !isShared(entry.backend())) {
+                continue;
+            }
+            any |= runtime != null && entry.backend().equals(runtime);
             File path = file(dir, entry);
             if (!path.isFile()) {
                 throw new BundleException(path + ": listed in the manifest (" + entry.backend() + ":" + entry.role() + ") but missing");
@@ -59,6 +79,10 @@ public final class Bundle {
                         + entry.sha256().substring(0, 16) + "...");
             }
         }
+        if (runtime != null && !any) {
+            throw new BundleException(new File(dir, MANIFEST_FILE) + ": lists no file for runtime '" + runtime
+                    + "'; export the bundle with that backend (privtune export --backends " + runtime + ")");
+        }
         ArtifactFile tokenizer;
         try {
             tokenizer = manifest.file(TOKENIZER_ROLE, null);
@@ -69,6 +93,15 @@ public final class Bundle {
             throw new BundleException(file(dir, tokenizer) + ": tokenizer hash disagrees with manifest.tokenizer_sha256");
         }
         return manifest;
+    }
+
+    private static boolean isShared(String backend) {
+        for (String shared : SHARED_BACKENDS) {
+            if (shared.equals(backend)) {
+                return true;
+            }
+        }
+        return false;
     }
 
     /** The on-disk file of a manifest entry (POSIX path resolved under {@code dir}). */

@@ -20,6 +20,11 @@ public class BundleTest {
     private static final String ZERO = "0000000000000000000000000000000000000000000000000000000000000000";
 
     private File bundle(String tokenizerText, String manifestTokenizerSha) throws Exception {
+        return bundle(tokenizerText, manifestTokenizerSha, "");
+    }
+
+    /** {@code extraFiles}: more manifest entries (JSON objects with a leading comma), written by the caller. */
+    private File bundle(String tokenizerText, String manifestTokenizerSha, String extraFiles) throws Exception {
         File dir = tmp.newFolder();
         byte[] tokenizer = tokenizerText.getBytes(StandardCharsets.UTF_8);
         byte[] adapter = new byte[] {1, 2, 3};
@@ -32,7 +37,7 @@ public class BundleTest {
                 + "\"labels\":[\"safe\",\"unsafe\"],\"tokenizer_sha256\":\"" + (manifestTokenizerSha == null ? tokSha : manifestTokenizerSha)
                 + "\",\"files\":[{\"path\":\"tokenizer/tokenizer.json\",\"sha256\":\"" + tokSha + "\",\"backend\":\"tokenizer\","
                 + "\"role\":\"tokenizer\",\"size_bytes\":" + tokenizer.length + "},{\"path\":\"adapter/adapter.safetensors\",\"sha256\":\""
-                + Digests.sha256Hex(adapter) + "\",\"backend\":\"common\",\"role\":\"adapter\",\"size_bytes\":3}],"
+                + Digests.sha256Hex(adapter) + "\",\"backend\":\"common\",\"role\":\"adapter\",\"size_bytes\":3}" + extraFiles + "],"
                 + "\"privtune_version\":\"0.1.0\"}";
         AtomicFiles.write(new File(dir, "manifest.json"), manifest.getBytes(StandardCharsets.UTF_8));
         return dir;
@@ -71,5 +76,32 @@ public class BundleTest {
         File bad = bundle("{}", null);
         AtomicFiles.write(new File(bad, "manifest.json"), "{\"protocol_version\":1}".getBytes(StandardCharsets.UTF_8));
         assertTrue(assertThrows(BundleException.class, () -> Bundle.loadManifest(bad)).getMessage().contains("missing field(s)"));
+    }
+
+    private static String entry(String path, byte[] data, String backend, String role) throws Exception {
+        return ",{\"path\":\"" + path + "\",\"sha256\":\"" + Digests.sha256Hex(data) + "\",\"backend\":\"" + backend
+                + "\",\"role\":\"" + role + "\",\"size_bytes\":" + data.length + "}";
+    }
+
+    @Test
+    public void aRuntimeScopedCheckReadsOnlyThatRuntimesFiles() throws Exception {
+        byte[] ort = new byte[] {7, 7};
+        byte[] et = new byte[] {9, 9, 9};
+        File dir = bundle("{}", null, entry("ort/training_model.onnx", ort, "ort", "training_model")
+                + entry("executorch/training.pte", et, "executorch", "training"));
+        AtomicFiles.write(new File(dir, "ort/training_model.onnx"), ort);
+        // the ExecuTorch file was never copied to this phone: the full check refuses, the ORT check passes
+        assertTrue(assertThrows(BundleException.class, () -> Bundle.verify(dir)).getMessage().contains("training.pte"));
+        assertEquals(4, Bundle.verify(dir, "ort").files().size());
+        // a damaged ORT file or tokenizer is still found by the ORT check
+        AtomicFiles.write(new File(dir, "ort/training_model.onnx"), new byte[] {7, 8});
+        assertTrue(assertThrows(BundleException.class, () -> Bundle.verify(dir, "ort")).getMessage().contains("training_model.onnx: sha256"));
+        AtomicFiles.write(new File(dir, "ort/training_model.onnx"), ort);
+        AtomicFiles.write(new File(dir, "tokenizer/tokenizer.json"), "{ }".getBytes(StandardCharsets.UTF_8));
+        assertTrue(assertThrows(BundleException.class, () -> Bundle.verify(dir, "ort")).getMessage().contains("tokenizer.json"));
+        // a runtime the bundle has no files for is refused with what to do
+        AtomicFiles.write(new File(dir, "tokenizer/tokenizer.json"), "{}".getBytes(StandardCharsets.UTF_8));
+        BundleException none = assertThrows(BundleException.class, () -> Bundle.verify(dir, "tflite"));
+        assertTrue(none.getMessage(), none.getMessage().contains("--backends tflite"));
     }
 }

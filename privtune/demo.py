@@ -125,7 +125,8 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def run_synth_stage(config: DemoConfig, say: Progress) -> Path:
-    """The base classifier folder (DP synthetic data, quick preset) — cached by ``privtune synth``."""
+    """The base classifier folder (quick preset: the best private model, with its baselines) — cached by
+    ``privtune synth``."""
     if config.classifier is not None:
         return config.classifier
     from server_aggregator.synthetic.config import SynthConfig
@@ -137,7 +138,7 @@ def run_synth_stage(config: DemoConfig, say: Progress) -> Path:
         epsilons=(config.synth_epsilon,),
         seed_fraction=config.seed_fraction,
         seed=config.seed,
-        baselines=False,
+        baselines=True,
     )
     run_synth(synth, progress=say)
     return synth.out_dir / f"eps-{config.synth_epsilon:g}" / "classifier"
@@ -365,7 +366,7 @@ def fleet_log_totals(fleet_dir: Path) -> dict[str, Any]:
 
 def build_report(
     config: DemoConfig, status: dict[str, Any], evaluations: list[dict[str, Any]], synth_card: dict[str, Any] | None,
-    wall: dict[str, float], db_path: Path,
+    wall: dict[str, float], db_path: Path, synth_evaluation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """The demo's report: accuracy before/after, ε (server + independent recomputation), devices, bytes, time."""
     ledger = read_ledger(db_path)
@@ -401,6 +402,7 @@ def build_report(
         },
         "before": rows[0] if rows else None,
         "after": rows[-1] if rows else None,
+        "comparison": comparison_rows(synth_evaluation, rows),
         "by_version": rows,
         "user_level_privacy": {
             "server": server_privacy,
@@ -421,6 +423,51 @@ def build_report(
     }
 
 
+def comparison_rows(synth_evaluation: dict[str, Any] | None, versions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The floor and every baseline of the synth stage (PyTorch, real test split) beside v0 and the final
+    version (phone ORT program), so nobody reads a number without its floor."""
+    rows: list[dict[str, Any]] = []
+    if synth_evaluation is not None:
+        for row in synth_evaluation["common_rows"]:
+            eps = float("inf") if row["model"] == "non_private" else 0.0
+            rows.append(
+                {
+                    "model": row["label"],
+                    "accuracy": row["test"]["accuracy"],
+                    "macro_f1": row["test"]["macro_f1"],
+                    "epsilon": eps,
+                    "privacy_unit": "seed example",
+                }
+            )
+        for result in synth_evaluation["epsilons"]:
+            for row in result["rows"]:
+                shipped = " = v0" if row["model"] == result["shipped"] else ""
+                rows.append(
+                    {
+                        "model": row["label"] + shipped,
+                        "accuracy": row["test"]["accuracy"],
+                        "macro_f1": row["test"]["macro_f1"],
+                        "epsilon": row["epsilon_pld"],
+                        "privacy_unit": "seed example",
+                    }
+                )
+    for label, row in (
+        ("v0 on the phone (ORT)", versions[0] if versions else None),
+        ("final version on the phone (ORT)", versions[-1] if len(versions) > 1 else None),
+    ):
+        if row is not None:
+            rows.append(
+                {
+                    "model": f"{label}: v{row['version']}",
+                    "accuracy": row["accuracy"],
+                    "macro_f1": row["macro_f1"],
+                    "epsilon": row["user_epsilon"],
+                    "privacy_unit": "user (federated rounds; v0's seed-set ε is separate)",
+                }
+            )
+    return rows
+
+
 def write_round_plots(report: dict[str, Any], path: Path) -> None:
     """macro-F1 and accuracy vs version (left) and user-level ε vs round (right)."""
     import matplotlib
@@ -433,7 +480,10 @@ def write_round_plots(report: dict[str, Any], path: Path) -> None:
     versions = [r["version"] for r in rows]
     left.plot(versions, [r["macro_f1"] for r in rows], marker="o", label="macro-F1")
     left.plot(versions, [r["accuracy"] for r in rows], marker="s", label="accuracy")
-    left.set_xlabel("global model version (0 = synthetic-data base)")
+    left.set_xlabel("global model version (0 = the private base model)")
+    floor = next((r for r in report["comparison"] if r["model"].startswith("always the majority")), None)
+    if floor is not None:
+        left.axhline(floor["macro_f1"], color="red", linestyle="--", label="majority floor (macro-F1)")
     left.set_ylabel("real test split")
     left.set_title("phone ORT inference program")
     left.legend()
@@ -469,7 +519,11 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> dict[str, 
         summaries = timed("fleet", lambda: run_fleet_stage(config, server, bundle, say))
         evaluations = timed("evaluate", lambda: evaluate_versions(config, server, classifier, bundle, say))
         status = server_status(server)
-    report = build_report(config, status, evaluations, card, wall, server.db_path)
+    evaluation_path = config.out_dir / "synth" / "evaluation.json"
+    synth_evaluation = (
+        json.loads(evaluation_path.read_text()) if config.classifier is None and evaluation_path.is_file() else None
+    )
+    report = build_report(config, status, evaluations, card, wall, server.db_path, synth_evaluation)
     report["fleet_rounds_this_run"] = summaries
     atomic_write_bytes(config.out_dir / "report.json", _json_bytes(report))
     write_round_plots(report, config.out_dir / "report-rounds.png")

@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from privtune.fleet_options import Availability, Dropout, NetworkFault, Straggler, fleet_conditions, split_names
+
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -23,7 +25,7 @@ def print_summary(report: dict[str, Any], report_dir: Path) -> None:
     table = Table(title="privtune demo: real test split, through the phone's ORT inference program")
     for column in ("model", "accuracy", "macro-F1", "user-level ε (PLD)"):
         table.add_column(column)
-    for label, row in (("before the rounds (synthetic-data base)", report["before"]), ("after", report["after"])):
+    for label, row in (("before the rounds (private base)", report["before"]), ("after", report["after"])):
         if row is not None:
             table.add_row(
                 f"{label}: v{row['version']}",
@@ -32,6 +34,15 @@ def print_summary(report: dict[str, Any], report_dir: Path) -> None:
                 _fmt(row["user_epsilon"], 2),
             )
     out.print(table)
+    if report.get("comparison"):
+        compare = Table(title="beside the floor and the baselines (real test split)")
+        for column in ("model", "accuracy", "macro-F1", "ε", "privacy unit"):
+            compare.add_column(column)
+        for row in report["comparison"]:
+            compare.add_row(
+                row["model"], _fmt(row["accuracy"]), _fmt(row["macro_f1"]), _fmt(row["epsilon"], 2), row["privacy_unit"]
+            )
+        out.print(compare)
     privacy = report["user_level_privacy"]
     server = privacy["server"]
     out.print(
@@ -76,10 +87,10 @@ def register(app: typer.Typer) -> None:
         local_noise_multiplier: Annotated[float, typer.Option(help="Devices' DP-SGD σ.")] = 1.0,
         local_learning_rate: Annotated[float, typer.Option(help="Devices' SGD step size.")] = 0.5,
         local_steps: Annotated[int, typer.Option(help="Local DP-SGD steps per round.")] = 4,
-        availability: Annotated[float, typer.Option(help="P(a device checks in in a round).")] = 0.6,
-        dropout: Annotated[float, typer.Option(help="P(a training device dies mid-round; it resumes).")] = 0.1,
-        straggler: Annotated[float, typer.Option(help="P(a training device misses the deadline).")] = 0.1,
-        network_fault: Annotated[float, typer.Option(help="P(an upload attempt times out or resets).")] = 0.1,
+        availability: Availability = 0.6,
+        dropout: Dropout = 0.1,
+        straggler: Straggler = 0.1,
+        network_fault: NetworkFault = 0.1,
         adversaries: Annotated[str, typer.Option(help="Comma-separated attack kinds, one device each.")] = (
             "nan,over_norm,replay"
         ),
@@ -96,7 +107,6 @@ def register(app: typer.Typer) -> None:
         from ondevice.bundle import BundleError
         from ondevice.data import DataError, tweeteval_task_dir
         from privtune.demo import DEMO_LOCAL_DP, DemoConfig, run_demo
-        from privtune.fleet.conditions import FleetConditions
 
         start = time.monotonic()
 
@@ -111,7 +121,7 @@ def register(app: typer.Typer) -> None:
                 clients_per_round=clients_per_round,
                 rounds=rounds,
                 workers=workers,
-                runtimes=tuple(x.strip() for x in runtimes.split(",") if x.strip()),
+                runtimes=split_names(runtimes),
                 synth_epsilon=synth_epsilon,
                 noise_multiplier=noise_multiplier,
                 user_epsilon_budget=epsilon_budget,
@@ -121,12 +131,12 @@ def register(app: typer.Typer) -> None:
                     learning_rate=local_learning_rate,
                     local_steps=local_steps,
                 ),
-                conditions=FleetConditions(
+                conditions=fleet_conditions(
                     availability=availability,
                     dropout=dropout,
                     straggler=straggler,
                     network_fault=network_fault,
-                    adversaries=tuple(x.strip() for x in adversaries.split(",") if x.strip()),
+                    adversaries=adversaries,
                     seed=seed,
                 ),
                 test_examples=test_examples,

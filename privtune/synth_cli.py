@@ -74,6 +74,10 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(help="Seed of initialisation, shuffling and sampling (not of DP noise).")
         ] = 0,
         baselines: Annotated[bool, typer.Option(help="Also train the real-data baselines for the comparison.")] = True,
+        ship: Annotated[
+            str | None,
+            typer.Option(help="Which private model becomes eps-<ε>/classifier: probe, warm_start or synthetic."),
+        ] = None,
     ) -> None:
         """Fine-tune the generator with DP-SGD on private data, sample synthetic text, train the classifier on it."""
         from ondevice.data import DataError
@@ -95,11 +99,16 @@ def register(app: typer.Typer) -> None:
             if changes:
                 chosen = replace(chosen, sampling=replace(sampling, **changes))
             if max_noise_multiplier is not None:
+                dp_classifier = chosen.dp_classifier
                 chosen = replace(
                     chosen,
                     generator=replace(chosen.generator, max_noise_multiplier=max_noise_multiplier),
-                    dp_classifier=replace(chosen.dp_classifier, max_noise_multiplier=max_noise_multiplier),
+                    dp_classifier=None
+                    if dp_classifier is None
+                    else replace(dp_classifier, max_noise_multiplier=max_noise_multiplier),
                 )
+            if ship is not None:
+                chosen = replace(chosen, ship=ship)
             config = SynthConfig(
                 out_dir=out_dir,
                 data=data or _default_data(),
@@ -152,31 +161,39 @@ class _LogLines:
             self.last_stage, self.last_time = stage, now
 
 
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _print_table(table: dict[str, Any], out_dir: Path) -> None:
-    view = Table(title=f"real test split ({table['test_examples']} examples), seed set {table['seed_examples']}")
-    for column in ("classifier", "ε (PLD)", "δ", "accuracy", "macro-F1"):
+    view = Table(
+        title=f"real test split ({table['test_examples']} examples), seed set {table['seed_examples']}, "
+        f"δ = {table['delta']:g}"
+    )
+    for column in ("model", "ε (PLD)", "ε (RDP)", "accuracy", "macro-F1", "val macro-F1"):
         view.add_column(column)
-    real = table["non_private_real"]
-    if real is not None:
-        view.add_row("non-private, real data", "∞", "-", f"{real['accuracy']:.3f}", f"{real['macro_f1']:.3f}")
-    for row in table["rows"]:
-        syn = row["synthetic"]
+
+    def add(row: dict[str, Any], eps: str, eps_rdp: str, mark: str = "") -> None:
+        val = row.get("val")
         view.add_row(
-            "DP synthetic data",
-            f"{row['generator_epsilon_pld']:.2f}",
-            f"{row['delta']:g}",
-            f"{syn['accuracy']:.3f}",
-            f"{syn['macro_f1']:.3f}",
+            row["label"] + mark,
+            eps,
+            eps_rdp,
+            f"{row['test']['accuracy']:.3f}",
+            f"{row['test']['macro_f1']:.3f}",
+            "-" if val is None else f"{val['macro_f1']:.3f}",
         )
-        if row["dp_sgd_real"] is not None:
-            dp = row["dp_sgd_real"]
-            view.add_row(
-                "DP-SGD on real data",
-                f"{row['dp_sgd_real_epsilon_pld']:.2f}",
-                f"{row['delta']:g}",
-                f"{dp['accuracy']:.3f}",
-                f"{dp['macro_f1']:.3f}",
-            )
+
+    for row in table["common_rows"]:
+        add(row, "∞" if row["model"] == "non_private" else "0", "-")
+    for result in table["epsilons"]:
+        for row in result["rows"]:
+            shipped = " (shipped)" if row["model"] == result["shipped"] else ""
+            add(row, _fmt(row["epsilon_pld"]), _fmt(row["epsilon_rdp"]), shipped)
     out.print(view)
-    out.print(f"classifier(s): {', '.join(r['classifier_dir'] for r in table['rows'])}")
+    spent = table["run_ledger"]["composed_epsilon"]
+    out.print(
+        f"the whole run's releases on the seed set compose to ε = {spent['pld']:.2f} (PLD; RDP {spent['rdp']:.2f})"
+    )
+    out.print(f"classifier(s): {', '.join(r['classifier_dir'] for r in table['epsilons'])}")
     out.print(f"table: {out_dir / 'evaluation.json'}, plot: {out_dir / 'evaluation.png'}")

@@ -20,7 +20,7 @@ from torch import nn
 from export.classifier import Classifier
 from ondevice.data import LabelledTexts
 from ondevice.randomness import RandomSource
-from server_aggregator.synthetic.dp_sgd import DpSgdPlan, DpTrainingResult, train_dp_sgd
+from server_aggregator.synthetic.dp_sgd import Checkpointing, DpSgdPlan, DpTrainingResult, train_dp_sgd
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,12 @@ def train_classifier_dp(
     learning_rate: float,
     random_source: RandomSource,
     on_step: Callable[[int, float, int], None] | None = None,
+    micro_batch_size: int | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> DpTrainingResult:
-    """DP-SGD (Poisson sampling, per-example clipping, secure noise) on the classifier's LoRA + head."""
+    """DP-SGD (Poisson sampling, per-example clipping, secure noise) on the classifier's LoRA + head.
+
+    Large Poisson batches run in length-sorted micro-batches of ≤ ``micro_batch_size`` (less padding)."""
     _check_labels(clf, data)
     if plan.num_examples != len(data):
         raise ValueError(f"the plan is for {plan.num_examples} examples but the data has {len(data)}")
@@ -119,6 +123,9 @@ def train_classifier_dp(
         learning_rate=learning_rate,
         random_source=random_source,
         on_step=on_step,
+        micro_batch_size=micro_batch_size,
+        sort_key=lambda i: len(data.texts[i]),
+        checkpointing=checkpointing,
     )
     clf.model.eval()
     return result
@@ -144,14 +151,24 @@ def evaluate_classifier(clf: Classifier, test: LabelledTexts) -> dict[str, Any]:
     """Accuracy and macro-F1 of ``clf`` on ``test`` (plus the confusion matrix, rows = truth)."""
     _check_labels(clf, test)
     probs = clf.classify(list(test.texts))  # [N, L]
-    predicted = probs.argmax(axis=1)
-    truth = np.asarray(test.labels)
-    k = len(test.label_names)
-    confusion = np.zeros((k, k), dtype=np.int64)
+    return metrics_from_predictions(np.asarray(test.labels), probs.argmax(axis=1), len(test.label_names))
+
+
+def metrics_from_predictions(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Accuracy, macro-F1, count and confusion matrix (rows = truth) of predicted labels."""
+    truth, predicted = np.asarray(truth), np.asarray(predicted)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (truth, predicted), 1)
     return {
         "accuracy": float(np.mean(predicted == truth)),
-        "macro_f1": macro_f1(truth, predicted, k),
-        "examples": len(test),
+        "macro_f1": macro_f1(truth, predicted, num_classes),
+        "examples": len(truth),
         "confusion": confusion.tolist(),
     }
+
+
+def majority_floor(truth: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """The constant classifier that always answers the evaluation split's most frequent label."""
+    truth = np.asarray(truth)
+    majority = int(np.bincount(truth, minlength=num_classes).argmax())
+    return {**metrics_from_predictions(truth, np.full_like(truth, majority), num_classes), "label": majority}

@@ -21,8 +21,24 @@ class DpTraining:
     learning_rate: float
     clip_norm: float = 1.0
     max_noise_multiplier: float = DEFAULT_MAX_NOISE_MULTIPLIER
+    epochs: float | None = None
+    """When set, the step count is min(max_steps, ⌈epochs · n / B⌉) for the data size n."""
+    micro_batch_size: int | None = None
+    """Process a Poisson batch in pieces of at most this many examples (memory), one noise draw per step."""
+
+    def steps_for(self, num_examples: int) -> int:
+        if self.epochs is None:
+            return self.max_steps
+        batch = min(self.expected_batch_size, num_examples)
+        return max(1, min(self.max_steps, math.ceil(self.epochs * num_examples / batch)))
 
     def __post_init__(self) -> None:
+        if self.epochs is not None and (not math.isfinite(self.epochs) or self.epochs <= 0):
+            raise ValueError(f"epochs must be None or a finite number > 0, found {self.epochs!r}")
+        if self.micro_batch_size is not None and (
+            not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 1
+        ):
+            raise ValueError(f"micro_batch_size must be None or an int >= 1, found {self.micro_batch_size!r}")
         if not isinstance(self.expected_batch_size, int) or self.expected_batch_size < 1:
             raise ValueError(f"expected_batch_size must be an int >= 1, found {self.expected_batch_size!r}")
         if not isinstance(self.max_steps, int) or self.max_steps < 1:
@@ -37,6 +53,39 @@ class DpTraining:
 
 
 @dataclass(frozen=True)
+class ProbeRecipe:
+    """The DP linear probe: DP label counts (for class weights), then DP-SGD of the head on frozen embeddings.
+
+    Fixed in advance (chosen on TweetEval offensive's *validation* split during development, never
+    on a test split): B = 1024, T = 1000, Adam lr 0.01, C = 1, balanced class weights from label
+    counts noised with std 100.
+    """
+
+    expected_batch_size: int = 1024
+    steps: int = 1000
+    learning_rate: float = 0.01
+    clip_norm: float = 1.0
+    count_noise_std: float = 100.0
+    balanced: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("expected_batch_size", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, found {value!r}")
+        for name in ("learning_rate", "clip_norm", "count_noise_std"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, found {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+SHIP_CHOICES = ("probe", "warm_start", "synthetic")
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     generator: DpTraining
@@ -45,11 +94,24 @@ class Preset:
     classifier: ClassifierTraining
     real_classifier: ClassifierTraining
     """The non-private reference on the real train split."""
-    dp_classifier: DpTraining
-    """DP-SGD directly on the real train split, at the same ε."""
+    dp_classifier: DpTraining | None
+    """DP-SGD of LoRA + head directly on the real train split, at the same ε (None: not run)."""
+    probe: ProbeRecipe = field(default_factory=ProbeRecipe)
+    generator_share: float = 0.5
+    """The generator is planned at this share of each target ε; the warm start's probe gets the rest (composed)."""
+    ship: str = "probe"
+    """Which private model becomes ``eps-<ε>/classifier`` (fixed in advance, never picked on the test split)."""
+    control: bool = True
+    """Also train on samples of the un-fine-tuned generator (the no-private-data control)."""
     lora_rank: int = 8
     lora_alpha: float = 16.0
     note: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.generator_share < 1:
+            raise ValueError(f"generator_share must be in (0, 1), found {self.generator_share!r}")
+        if self.ship not in SHIP_CHOICES:
+            raise ValueError(f"ship must be one of {SHIP_CHOICES}, found {self.ship!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,26 +120,41 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
-        generator=DpTraining(expected_batch_size=16, max_steps=40, learning_rate=1e-3),
+        generator=DpTraining(
+            expected_batch_size=256, max_steps=12, learning_rate=2e-3, micro_batch_size=32, max_noise_multiplier=50.0
+        ),
         generator_max_seq_len=48,
         sampling=SamplingSettings(samples_per_label=128, max_new_tokens=40, batch_size=32),
         classifier=ClassifierTraining(epochs=4.0, batch_size=32, learning_rate=1e-3),
         real_classifier=ClassifierTraining(epochs=1.0, batch_size=32, learning_rate=1e-3, max_steps=100),
-        dp_classifier=DpTraining(expected_batch_size=64, max_steps=60, learning_rate=5e-4),
+        dp_classifier=None,
+        ship="probe",
+        control=False,
         note=(
-            "quick: ~40 DP steps of 16 examples for the generator and 256 synthetic texts; fits in about "
-            "10 minutes on 2 CPU cores. Its numbers are weak by construction: use --preset full for results."
+            "quick: the shipped base is the DP linear probe on frozen MiniLM embeddings (label counts + 1,000 "
+            "DP-SGD steps of 1,024); beside it a small DP generator run (12 steps of 256 on the top layers), "
+            "its synthetic-data classifier and the synthetic warm start. No DP-SGD LoRA baseline (see full)."
         ),
     ),
     "full": Preset(
         name="full",
-        generator=DpTraining(expected_batch_size=64, max_steps=300, learning_rate=1e-3),
-        generator_max_seq_len=64,
-        sampling=SamplingSettings(samples_per_label=2000, max_new_tokens=48, batch_size=64),
+        generator=DpTraining(
+            expected_batch_size=512, max_steps=60, learning_rate=2e-3, micro_batch_size=32, max_noise_multiplier=50.0
+        ),
+        generator_max_seq_len=48,
+        sampling=SamplingSettings(samples_per_label=1000, max_new_tokens=40, batch_size=64),
         classifier=ClassifierTraining(epochs=3.0, batch_size=32, learning_rate=1e-3),
         real_classifier=ClassifierTraining(epochs=2.0, batch_size=32, learning_rate=1e-3),
-        dp_classifier=DpTraining(expected_batch_size=256, max_steps=300, learning_rate=5e-4),
-        note="full: 300 DP steps of 64 examples for the generator, 4,000 synthetic texts; a few hours on 2 CPU cores.",
+        dp_classifier=DpTraining(
+            expected_batch_size=512, max_steps=200, epochs=3.0, learning_rate=1e-3, micro_batch_size=64
+        ),
+        ship="warm_start",
+        control=True,
+        note=(
+            "full: DP generator (60 steps of 512 on the top layers), 2,000 synthetic texts, the no-private-data "
+            "control, DP-SGD LoRA + head on real data (B = 512, 3 epochs), the DP probe and the synthetic warm "
+            "start (shipped); about 2-2.5 h on 2 CPU cores."
+        ),
     ),
 }
 
@@ -129,6 +206,9 @@ class SynthConfig:
         return replace(self, preset=replace(self.preset, **changes))
 
 
+MAX_DEFAULT_DELTA = 1e-6
+
+
 def default_delta(num_examples: int) -> float:
-    """Largest power of ten ≤ 1/(10·n): the usual δ ≪ 1/n rule, rounded to a readable number."""
-    return float(10.0 ** math.floor(math.log10(1.0 / (10.0 * num_examples))))
+    """min(1e-6, largest power of ten ≤ 1/(10·n)): the usual δ ≪ 1/n rule, rounded to a readable number."""
+    return min(MAX_DEFAULT_DELTA, float(10.0 ** math.floor(math.log10(1.0 / (10.0 * num_examples)))))

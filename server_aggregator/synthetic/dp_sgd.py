@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import dp_accounting
@@ -251,6 +253,77 @@ def _empty_batch_grad_samples(optimizer: DPOptimizer) -> None:
         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Save the trainer's state every ``every`` steps to ``path`` so an interrupted run resumes there."""
+
+    path: Path
+    every: int = 10
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"checkpoint every must be an int >= 1, found {self.every!r}")
+
+
+def _plan_key(plan: DpSgdPlan) -> dict[str, Any]:
+    return plan.to_dict()
+
+
+def _load_checkpoint(
+    checkpointing: Checkpointing | None,
+    plan: DpSgdPlan,
+    parameters: Sequence[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+) -> tuple[int, list[float], list[int]]:
+    """Restore parameters and optimiser state from a checkpoint of the same plan → (next step, losses, sizes)."""
+    if checkpointing is None or not checkpointing.path.is_file():
+        return 0, [], []
+    state = torch.load(checkpointing.path, weights_only=False)
+    if state.get("plan") != _plan_key(plan) or len(state["parameters"]) != len(parameters):
+        raise ValueError(
+            f"{checkpointing.path} is a checkpoint of another plan ({state.get('plan')}); "
+            "delete it to start over"
+        )
+    with torch.no_grad():
+        for p, saved in zip(parameters, state["parameters"], strict=True):
+            p.copy_(saved)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"]), list(state["losses"]), list(state["batch_sizes"])
+
+
+def _save_checkpoint(
+    checkpointing: Checkpointing,
+    plan: DpSgdPlan,
+    step: int,
+    parameters: Sequence[nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    losses: list[float],
+    sizes: list[int],
+) -> None:
+    state = {
+        "plan": _plan_key(plan),
+        "step": step,
+        "parameters": [p.detach().clone() for p in parameters],
+        "optimizer": optimizer.state_dict(),
+        "losses": losses,
+        "batch_sizes": sizes,
+    }
+    checkpointing.path.parent.mkdir(parents=True, exist_ok=True)
+    staging = checkpointing.path.with_name(checkpointing.path.name + ".partial")
+    torch.save(state, staging)
+    os.replace(staging, checkpointing.path)
+
+
+def _micro_batches(indices: np.ndarray, size: int | None, sort_key: Callable[[int], int] | None) -> list[list[int]]:
+    """The Poisson batch cut into pieces of ≤ ``size`` (sorted by ``sort_key`` first, to pad less)."""
+    order = [int(i) for i in indices]
+    if sort_key is not None:
+        order.sort(key=sort_key)
+    if size is None or len(order) <= size:
+        return [order]
+    return [order[k : k + size] for k in range(0, len(order), size)]
+
+
 def train_dp_sgd(
     model: nn.Module,
     parameters: Sequence[nn.Parameter],
@@ -260,29 +333,51 @@ def train_dp_sgd(
     learning_rate: float,
     random_source: RandomSource,
     on_step: Callable[[int, float, int], None] | None = None,
+    micro_batch_size: int | None = None,
+    sort_key: Callable[[int], int] | None = None,
+    checkpointing: Checkpointing | None = None,
 ) -> DpTrainingResult:
-    """Run ``plan.steps`` DP-SGD steps (AdamW on ``parameters``) and return the per-step losses."""
+    """Run ``plan.steps`` DP-SGD steps (AdamW on ``parameters``) and return the per-step losses.
+
+    A large Poisson batch is processed in micro-batches of ≤ ``micro_batch_size`` examples (Opacus'
+    skipped steps: each piece's per-example gradients are clipped and summed; the noise is drawn
+    once per logical step and the sum divided by the expected batch). ``checkpointing`` saves the
+    parameters and optimiser state every few steps; a later call with the same plan resumes there.
+    """
+    if micro_batch_size is not None and micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be None or >= 1, found {micro_batch_size!r}")
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+    start, losses, sizes = _load_checkpoint(checkpointing, plan, parameters, optimizer)
     wrapped, dp_optimizer = make_private(model, optimizer, plan, random_source)
-    losses: list[float] = []
-    sizes: list[int] = []
     try:
         with _quiet_hooks():
-            for step in range(plan.steps):
+            for step in range(start, plan.steps):
                 indices = poisson_sample(plan.num_examples, plan.sampling_rate, random_source)  # [b]
                 dp_optimizer.zero_grad(set_to_none=True)
                 if indices.size == 0:
                     _empty_batch_grad_samples(dp_optimizer)
                     loss_value = float("nan")
                 else:
-                    per_example = per_example_loss(wrapped, [int(i) for i in indices])  # [b]
-                    per_example.mean().backward()  # type: ignore[no-untyped-call]
-                    loss_value = float(per_example.detach().mean())
+                    pieces = _micro_batches(indices, micro_batch_size, sort_key)
+                    total = 0.0
+                    for k, piece in enumerate(pieces):
+                        if k > 0:
+                            dp_optimizer.zero_grad(set_to_none=True)  # keeps the summed clipped gradients
+                        per_example = per_example_loss(wrapped, piece)  # [b_k]
+                        per_example.mean().backward()  # type: ignore[no-untyped-call]
+                        total += float(per_example.detach().sum())
+                        if k < len(pieces) - 1:
+                            dp_optimizer.signal_skip_step(do_skip=True)
+                            dp_optimizer.step()  # clip + accumulate only
+                    loss_value = total / int(indices.size)
                 dp_optimizer.step()
                 losses.append(loss_value)
                 sizes.append(int(indices.size))
                 if on_step is not None:
                     on_step(step, loss_value, int(indices.size))
+                done = step + 1
+                if checkpointing is not None and (done % checkpointing.every == 0 or done == plan.steps):
+                    _save_checkpoint(checkpointing, plan, done, parameters, optimizer, losses, sizes)
     finally:
         wrapped._close()
     return DpTrainingResult(tuple(losses), tuple(sizes))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.classifier import ClassifierSpec, build_classifier
+from export.classifier import ClassifierSpec, build_classifier, load_classifier
 from export.model_store import resolve_encoder
+from ondevice.accounting import StepEvent
 from ondevice.data import DataError, LabelledTexts, load_jsonl, load_labelled
 from ondevice.durable import atomic_write_bytes, new_staging_dir, replace_dir
 from ondevice.partition import central_seed_indices
@@ -38,11 +40,13 @@ from ondevice.protocol import LoraSpec
 from ondevice.randomness import RandomSource, make_random_source
 from server_aggregator.synthetic.classifier_training import (
     evaluate_classifier,
+    majority_floor,
+    metrics_from_predictions,
     train_classifier,
     train_classifier_dp,
 )
 from server_aggregator.synthetic.config import DpTraining, SynthConfig, default_delta
-from server_aggregator.synthetic.dp_sgd import DpSgdPlan, plan_dp_sgd, plan_epsilons, train_dp_sgd
+from server_aggregator.synthetic.dp_sgd import Checkpointing, DpSgdPlan, plan_dp_sgd, plan_epsilons, train_dp_sgd
 from server_aggregator.synthetic.generator import (
     collate,
     find_generator,
@@ -52,10 +56,13 @@ from server_aggregator.synthetic.generator import (
     save_generator_adapter,
     tokenize_examples,
 )
+from server_aggregator.synthetic.probe import embed_texts, head_state, install_head, predict
+from server_aggregator.synthetic.recipes import build_card, train_probe_release
+from server_aggregator.synthetic.releases import Release, ledger_dict
 from server_aggregator.synthetic.sampling import sample_synthetic, write_jsonl
 
 CARD_FILE = "card.json"
-CARD_FORMAT = "privtune-synthetic-classifier-card"
+FEATURES_FILE = "features.npz"
 Progress = Callable[[str], None]
 
 
@@ -126,7 +133,7 @@ def _plan(training: DpTraining, epsilon: float, delta: float, n: int) -> DpSgdPl
         delta=delta,
         num_examples=n,
         expected_batch_size=training.expected_batch_size,
-        max_steps=training.max_steps,
+        max_steps=training.steps_for(n),
         clip_norm=training.clip_norm,
         max_noise_multiplier=training.max_noise_multiplier,
     )
@@ -136,6 +143,12 @@ def _random_source(config: SynthConfig, salt: int) -> RandomSource:
     if config.random_source == "secure":
         return make_random_source("secure")
     return make_random_source("seeded", config.seed * 1000 + salt)
+
+
+def _noise_source(config: SynthConfig) -> str:
+    if config.random_source == "secure":
+        return "OS CSPRNG (os.urandom), Box-Muller"
+    return "SEEDED PRNG (tests only: not private against an attacker who knows the seed)"
 
 
 def _new_classifier(config: SynthConfig, labels: tuple[str, ...]) -> Any:
@@ -164,14 +177,22 @@ def resolve_delta(config: SynthConfig, n: int) -> float:
 
 
 def plan_epsilon(config: SynthConfig, n: int, epsilon: float) -> EpsilonPlans:
-    """The generator's (and the DP-SGD baseline's) plan for ``epsilon``; raises if it cannot be met."""
+    """The generator's plan (at its share of ε) and the DP-SGD LoRA baseline's; raises if they cannot be met."""
     delta = resolve_delta(config, n)
+    preset = config.preset
+    dp_baseline = None
+    if config.baselines and preset.dp_classifier is not None:
+        dp_baseline = _plan(preset.dp_classifier, epsilon, delta, n)
     return EpsilonPlans(
         epsilon=epsilon,
         delta=delta,
-        generator=_plan(config.preset.generator, epsilon, delta, n),
-        dp_baseline=_plan(config.preset.dp_classifier, epsilon, delta, n) if config.baselines else None,
+        generator=_plan(preset.generator, epsilon * preset.generator_share, delta, n),
+        dp_baseline=dp_baseline,
     )
+
+
+def _checkpointing(path: Path) -> Checkpointing:
+    return Checkpointing(path, every=5)
 
 
 def _train_generator(
@@ -197,29 +218,181 @@ def _train_generator(
         learning_rate=config.preset.generator.learning_rate,
         random_source=_random_source(config, 1),
         on_step=on_step,
+        micro_batch_size=config.preset.generator.micro_batch_size,
+        sort_key=lambda i: len(examples.ids[i]),
+        checkpointing=_checkpointing(run_dir / "checkpoints" / "generator.pt"),
     )
-    epsilons = plan_epsilons(plan)
+    release = Release.from_plan("generator", "DP-SGD of the generator's LoRA (prefix-LM loss)", plan)
     target = run_dir / "generator"
     staging = new_staging_dir(target)
-    save_generator_adapter(gen, staging, {"dp": plan.to_dict(), "epsilon": epsilons})
+    save_generator_adapter(gen, staging, {"dp": plan.to_dict(), "epsilon": plan_epsilons(plan)})
     replace_dir(staging, target)
     return {
         "plan": plan.to_dict(),
-        "epsilon": epsilons,
+        "epsilon": plan_epsilons(plan),
+        "release": release.to_dict(),
         "losses": list(result.losses),
         "batch_sizes": list(result.batch_sizes),
     }
 
 
+def _release_from_dict(record: dict[str, Any]) -> Release:
+    return Release(
+        name=record["name"],
+        description=record["description"],
+        steps=tuple(StepEvent(s["sampling_rate"], s["noise_multiplier"], s["count"]) for s in record["steps"]),
+        clip_norm=record["clip_norm"],
+        expected_batch_size=record["expected_batch_size"],
+    )
+
+
+# ------------------------------------------------------------------ features (frozen encoder embeddings)
+
+
+@dataclass(frozen=True)
+class Features:
+    """Embeddings [N, H] of the seed set, the test split and (if the data has one) the validation split."""
+
+    train: np.ndarray
+    test: np.ndarray
+    val: np.ndarray | None
+
+
+def _load_val(config: SynthConfig) -> LabelledTexts | None:
+    try:
+        return load_labelled(config.data, "val", config.label_names, empty="skip")
+    except (DataError, FileNotFoundError):
+        return None
+
+
+def _embed_all(clf: Any, seed_set: SeedSet, val: LabelledTexts | None, progress: Progress, what: str) -> Features:
+    progress(f"embedding the seed set ({len(seed_set.train)} texts) through the {what}")
+    train = embed_texts(clf, list(seed_set.train.texts))
+    progress(f"embedding the test split through the {what}")
+    test = embed_texts(clf, list(seed_set.test.texts))
+    return Features(train, test, None if val is None else embed_texts(clf, list(val.texts)))
+
+
+def _save_features(path: Path, features: Features) -> None:
+    arrays = {"train": features.train, "test": features.test}
+    if features.val is not None:
+        arrays["val"] = features.val
+    staging = path.with_name(path.name + ".partial.npz")
+    np.savez(staging, **arrays)  # type: ignore[arg-type]
+    os.replace(staging, path)
+
+
+def _read_features(path: Path) -> Features:
+    with np.load(path) as data:
+        return Features(data["train"], data["test"], data.get("val", None))
+
+
+def _probe_metrics(
+    weight: np.ndarray, bias: np.ndarray, features: Features, seed_set: SeedSet, val: LabelledTexts | None
+) -> dict[str, Any]:
+    k = len(seed_set.train.label_names)
+    metrics = {
+        "real_test": metrics_from_predictions(np.asarray(seed_set.test.labels), predict(weight, bias, features.test), k)
+    }
+    if val is not None and features.val is not None:
+        metrics["real_val"] = metrics_from_predictions(np.asarray(val.labels), predict(weight, bias, features.val), k)
+    return metrics
+
+
+def _seed_data(config: SynthConfig, seed_set: SeedSet) -> dict[str, Any]:
+    return {
+        "source": config.data,
+        "seed_examples": len(seed_set.train),
+        "train_split_size": seed_set.train_split_size,
+        "seed_fraction": config.seed_fraction,
+        "seed_indices_sha256": seed_set.indices_sha256,
+        "test_examples": len(seed_set.test),
+    }
+
+
+def _save_classifier(clf: Any, target: Path, card: dict[str, Any]) -> None:
+    staging = new_staging_dir(target)
+    clf.save(staging)
+    atomic_write_bytes(staging / CARD_FILE, _json_bytes(card))
+    replace_dir(staging, target)
+
+
+def _row(
+    model: str, label: str, card_or_none: dict[str, Any] | None, metrics: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    privacy = None if card_or_none is None else card_or_none["privacy"]
+    return {
+        "model": model,
+        "label": label,
+        "epsilon_pld": None if privacy is None else privacy["epsilon"],
+        "epsilon_rdp": None if privacy is None else privacy["epsilon_rdp"],
+        "releases": [] if privacy is None else [r["name"] for r in privacy["ledger"]["releases"]],
+        "test": metrics["real_test"],
+        "val": metrics.get("real_val"),
+        **extra,
+    }
+
+
+# ------------------------------------------------------------------ one target ε
+
+
 def run_epsilon(
     config: SynthConfig, seed_set: SeedSet, plans: EpsilonPlans, stages: Stages, progress: Progress
 ) -> dict[str, Any]:
-    """Every ε-dependent stage for one planned target ε; returns the row of the comparison table."""
+    """Every ε-dependent model for one planned target ε; returns its rows and the releases it made."""
     epsilon, delta, plan = plans.epsilon, plans.delta, plans.generator
     run_dir = config.out_dir / f"eps-{epsilon:g}"
     run_dir.mkdir(parents=True, exist_ok=True)
     preset = config.preset
-    data_key = (seed_set.indices_sha256, config.data, seed_set.train.label_names)
+    val = _load_val(config)
+    labels = seed_set.train.label_names
+    data_key = (seed_set.indices_sha256, config.data, labels)
+    noise = _noise_source(config)
+    seed_data = _seed_data(config, seed_set)
+    rows: list[dict[str, Any]] = []
+    run_releases: list[Release] = []
+
+    # 1. the DP linear probe on frozen MiniLM embeddings of the real seed set (the whole ε)
+    probe_key = _key(
+        "probe", data_key, preset.probe.to_dict(), epsilon, delta, config.encoder, config.seed, config.random_source
+    )
+
+    def train_probe() -> dict[str, Any]:
+        features = _read_features(config.out_dir / FEATURES_FILE)
+        clf = _new_classifier(config, labels)
+        trained = train_probe_release(
+            features.train,
+            np.asarray(seed_set.train.labels),
+            len(labels),
+            preset.probe,
+            prior=(),
+            total_epsilon=epsilon,
+            delta=delta,
+            init=head_state(clf),
+            random_source=_random_source(config, 3),
+            on_step=lambda s, v, b: progress(f"DP probe step {s + 1}/{preset.probe.steps}: batch {b}"),
+        )
+        install_head(clf, trained.result.weight, trained.result.bias)
+        metrics = _probe_metrics(trained.result.weight, trained.result.bias, features, seed_set, val)
+        card = build_card(
+            model="probe",
+            description="DP linear probe: MiniLM frozen (LoRA B = 0), head trained with DP-SGD",
+            releases=trained.releases,
+            delta=delta,
+            target_epsilon=epsilon,
+            noise_source=noise,
+            data=seed_data,
+            metrics=metrics,
+            settings={"probe": preset.probe.to_dict(), "class_weights": trained.class_weights},
+        )
+        _save_classifier(clf, run_dir / "probe", card)
+        return {"card": card}
+
+    probe = stages.run(f"eps-{epsilon:g}-probe", probe_key, train_probe)
+    rows.append(_row("probe", "DP linear probe (frozen MiniLM), real data", probe["card"], probe["card"]["metrics"]))
+    run_releases += [_release_from_dict(r) for r in probe["card"]["privacy"]["ledger"]["releases"]]
+
+    # 2. the DP generator (at its share of ε) → synthetic text → classifier on synthetic text only
     gen_key = _key(
         "generator",
         data_key,
@@ -228,6 +401,7 @@ def run_epsilon(
         preset.lora_rank,
         preset.lora_alpha,
         epsilon,
+        preset.generator_share,
         delta,
         config.generator,
         config.seed,
@@ -236,14 +410,15 @@ def run_epsilon(
     generator = stages.run(
         f"eps-{epsilon:g}-generator", gen_key, lambda: _train_generator(config, seed_set, plan, run_dir, progress)
     )
-
+    generator_release = _release_from_dict(generator["release"])
+    run_releases.append(generator_release)
     synth_key = _key("synthetic", gen_key, preset.sampling.to_dict())
 
     def sample() -> dict[str, Any]:
         gen = load_trained_generator(run_dir / "generator", config.generator)
         data, report = sample_synthetic(
             gen,
-            seed_set.train.label_names,
+            labels,
             preset.sampling,
             progress=lambda label, kept, want: progress(f"sampling '{label}': {kept}/{want}"),
         )
@@ -251,12 +426,11 @@ def run_epsilon(
         return report.to_dict()
 
     sampling = stages.run(f"eps-{epsilon:g}-synthetic", synth_key, sample)
-
     clf_key = _key("classifier", synth_key, preset.classifier.to_dict(), config.encoder, config.seed)
 
     def train_on_synthetic() -> dict[str, Any]:
-        synthetic = load_jsonl(run_dir / "synthetic.jsonl", seed_set.train.label_names)
-        clf = _new_classifier(config, seed_set.train.label_names)
+        synthetic = load_jsonl(run_dir / "synthetic.jsonl", labels)
+        clf = _new_classifier(config, labels)
         losses = train_classifier(
             clf,
             synthetic,
@@ -264,22 +438,87 @@ def run_epsilon(
             on_step=lambda s, n, v: progress(f"classifier on synthetic: step {s + 1}/{n}, loss {v:.3f}"),
         )
         progress("evaluating the synthetic-data classifier on the real test split")
-        metrics = evaluate_classifier(clf, seed_set.test)
-        target = run_dir / "classifier"
-        staging = new_staging_dir(target)
-        clf.save(staging)
-        replace_dir(staging, target)
-        return {"metrics": metrics, "losses": losses, "synthetic_examples": len(synthetic)}
+        metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
+        if val is not None:
+            metrics["real_val"] = evaluate_classifier(clf, val)
+        card = build_card(
+            model="synthetic",
+            description="LoRA + head trained (non-privately) on DP synthetic text only",
+            releases=[generator_release],
+            delta=delta,
+            target_epsilon=epsilon * preset.generator_share,
+            noise_source=noise,
+            data={**seed_data, "synthetic_examples": len(synthetic), "synthetic_per_label": sampling["kept"]},
+            metrics=metrics,
+            settings={
+                "generation": preset.sampling.to_dict(),
+                "classifier_training": preset.classifier.to_dict(),
+                "generator": {
+                    "model": config.generator or "SmolLM2-135M-Instruct (packaged)",
+                    "lora_rank": preset.lora_rank,
+                    "learning_rate": preset.generator.learning_rate,
+                    "plan": generator["plan"],
+                },
+            },
+        )
+        _save_classifier(clf, run_dir / "synthetic-classifier", card)
+        return {"card": card, "losses": losses, "synthetic_examples": len(synthetic)}
 
-    classifier = stages.run(f"eps-{epsilon:g}-classifier", clf_key, train_on_synthetic)
+    synthetic = stages.run(f"eps-{epsilon:g}-classifier", clf_key, train_on_synthetic)
+    rows.append(_row("synthetic", "trained on DP synthetic text only", synthetic["card"], synthetic["card"]["metrics"]))
 
-    dp_baseline: dict[str, Any] | None = None
-    if plans.dp_baseline is not None:
-        dp_plan = plans.dp_baseline
+    # 3. synthetic warm start + DP probe of its head on the real seed set, composed to ε
+    warm_key = _key("warm-start", clf_key, probe_key)
+
+    def warm_start() -> dict[str, Any]:
+        clf = load_classifier(run_dir / "synthetic-classifier", encoder=config.encoder)
+        features = _embed_all(clf, seed_set, val, progress, "synthetic-data classifier's encoder")
+        trained = train_probe_release(
+            features.train,
+            np.asarray(seed_set.train.labels),
+            len(labels),
+            preset.probe,
+            prior=(generator_release,),
+            total_epsilon=epsilon,
+            delta=delta,
+            init=head_state(clf),
+            random_source=_random_source(config, 4),
+            on_step=lambda s, v, b: progress(f"warm-start DP probe step {s + 1}/{preset.probe.steps}: batch {b}"),
+        )
+        install_head(clf, trained.result.weight, trained.result.bias)
+        metrics = _probe_metrics(trained.result.weight, trained.result.bias, features, seed_set, val)
+        card = build_card(
+            model="warm_start",
+            description="the synthetic-data classifier (encoder LoRA + head), then its head DP-fine-tuned on the "
+            "real seed set (DP probe through that encoder)",
+            releases=trained.releases,
+            delta=delta,
+            target_epsilon=epsilon,
+            noise_source=noise,
+            data=seed_data,
+            metrics=metrics,
+            settings={
+                "probe": preset.probe.to_dict(),
+                "class_weights": trained.class_weights,
+                "generator_share": preset.generator_share,
+            },
+        )
+        _save_classifier(clf, run_dir / "warm-start", card)
+        return {"card": card}
+
+    warm = stages.run(f"eps-{epsilon:g}-warm-start", warm_key, warm_start)
+    rows.append(
+        _row("warm_start", "synthetic warm start + DP probe on real data", warm["card"], warm["card"]["metrics"])
+    )
+    run_releases += [_release_from_dict(r) for r in warm["card"]["privacy"]["ledger"]["releases"][1:]]
+
+    # 4. DP-SGD of LoRA + head directly on the real seed set (the tuned baseline)
+    if plans.dp_baseline is not None and preset.dp_classifier is not None:
+        dp_plan, dp_settings = plans.dp_baseline, preset.dp_classifier
         dp_key = _key(
             "baseline-dp",
             data_key,
-            preset.dp_classifier.to_dict(),
+            dp_settings.to_dict(),
             epsilon,
             delta,
             config.encoder,
@@ -288,107 +527,78 @@ def run_epsilon(
         )
 
         def train_dp_baseline() -> dict[str, Any]:
-            clf = _new_classifier(config, seed_set.train.label_names)
+            clf = _new_classifier(config, labels)
             result = train_classifier_dp(
                 clf,
                 seed_set.train,
                 dp_plan,
-                learning_rate=preset.dp_classifier.learning_rate,
+                learning_rate=dp_settings.learning_rate,
                 random_source=_random_source(config, 2),
-                on_step=lambda s, v, b: progress(f"DP-SGD on real data: step {s + 1}/{dp_plan.steps}, batch {b}"),
+                on_step=lambda s, v, b: progress(f"DP-SGD LoRA on real data: step {s + 1}/{dp_plan.steps}, batch {b}"),
+                micro_batch_size=dp_settings.micro_batch_size,
+                checkpointing=_checkpointing(run_dir / "checkpoints" / "baseline-dp.pt"),
             )
             progress("evaluating the DP-SGD baseline on the real test split")
-            return {
-                "metrics": evaluate_classifier(clf, seed_set.test),
-                "plan": dp_plan.to_dict(),
-                "epsilon": plan_epsilons(dp_plan),
-                "losses": list(result.losses),
-            }
+            metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
+            if val is not None:
+                metrics["real_val"] = evaluate_classifier(clf, val)
+            release = Release.from_plan("dp-sgd-lora", "DP-SGD of LoRA + head on the real seed set", dp_plan)
+            card = build_card(
+                model="dp_sgd_lora",
+                description="LoRA + head trained with DP-SGD on the real seed set",
+                releases=[release],
+                delta=delta,
+                target_epsilon=epsilon,
+                noise_source=noise,
+                data=seed_data,
+                metrics=metrics,
+                settings={"dp_classifier": dp_settings.to_dict(), "plan": dp_plan.to_dict()},
+            )
+            _save_classifier(clf, run_dir / "dp-sgd-lora", card)
+            return {"card": card, "losses": list(result.losses)}
 
         dp_baseline = stages.run(f"eps-{epsilon:g}-baseline-dp", dp_key, train_dp_baseline)
+        rows.append(
+            _row("dp_sgd_lora", "DP-SGD LoRA + head, real data", dp_baseline["card"], dp_baseline["card"]["metrics"])
+        )
+        run_releases += [_release_from_dict(r) for r in dp_baseline["card"]["privacy"]["ledger"]["releases"]]
 
-    card = build_card(config, seed_set, epsilon, delta, generator, sampling, classifier, dp_baseline)
-    atomic_write_bytes(run_dir / "classifier" / CARD_FILE, _json_bytes(card))
+    shipped = {"probe": "probe", "warm_start": "warm-start", "synthetic": "synthetic-classifier"}[preset.ship]
+    staging = new_staging_dir(run_dir / "classifier")
+    staging.rmdir()
+    shutil.copytree(run_dir / shipped, staging)
+    replace_dir(staging, run_dir / "classifier")
     return {
         "target_epsilon": epsilon,
         "delta": delta,
-        "generator_epsilon_pld": generator["epsilon"]["pld"],
-        "generator_epsilon_rdp": generator["epsilon"]["rdp"],
-        "synthetic": classifier["metrics"],
-        "dp_sgd_real": None if dp_baseline is None else dp_baseline["metrics"],
-        "dp_sgd_real_epsilon_pld": None if dp_baseline is None else dp_baseline["epsilon"]["pld"],
+        "shipped": preset.ship,
         "classifier_dir": str(run_dir / "classifier"),
+        "rows": rows,
+        "releases": [r.to_dict() for r in run_releases],
         "wall_seconds": {
+            "probe": probe["wall_seconds"],
             "generator": generator["wall_seconds"],
             "sampling": sampling["wall_seconds"],
-            "classifier": classifier["wall_seconds"],
-            "dp_sgd_real": None if dp_baseline is None else dp_baseline["wall_seconds"],
+            "classifier": synthetic["wall_seconds"],
+            "warm_start": warm["wall_seconds"],
         },
     }
 
 
-def build_card(
-    config: SynthConfig,
-    seed_set: SeedSet,
-    epsilon: float,
-    delta: float,
-    generator: dict[str, Any],
-    sampling: dict[str, Any],
-    classifier: dict[str, Any],
-    dp_baseline: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The model card: the generator stage's (ε, δ) with the accountant's inputs, data, settings, metrics."""
-    plan = generator["plan"]
-    return {
-        "format": CARD_FORMAT,
-        "format_version": 1,
-        "privacy": {
-            "guarantee": "example-level (ε, δ)-DP of the central seed set, from the generator's DP-SGD; "
-            "sampling and classifier training are post-processing",
-            "neighbouring_relation": "add/remove one example",
-            "epsilon": generator["epsilon"]["pld"],
-            "epsilon_rdp": generator["epsilon"]["rdp"],
-            "target_epsilon": epsilon,
-            "delta": delta,
-            "accountant": "PLD (dp_accounting), RDP cross-check",
-            "accountant_inputs": {
-                "sampling": "poisson",
-                "sampling_rate": plan["sampling_rate"],
-                "noise_multiplier": plan["noise_multiplier"],
-                "steps": plan["steps"],
-                "clip_norm": plan["clip_norm"],
-                "expected_batch_size": plan["expected_batch_size"],
-            },
-            "noise_source": "OS CSPRNG (os.urandom), Box-Muller"
-            if config.random_source == "secure"
-            else "SEEDED PRNG (tests only: not private against an attacker who knows the seed)",
-        },
-        "data": {
-            "source": config.data,
-            "seed_examples": len(seed_set.train),
-            "seed_label_counts": seed_set.train.label_counts(),
-            "train_split_size": seed_set.train_split_size,
-            "seed_fraction": config.seed_fraction,
-            "seed_indices_sha256": seed_set.indices_sha256,
-            "test_examples": len(seed_set.test),
-            "synthetic_examples": classifier["synthetic_examples"],
-            "synthetic_per_label": sampling["kept"],
-        },
-        "generation": config.preset.sampling.to_dict(),
-        "generator": {
-            "model": config.generator or "SmolLM2-135M-Instruct (packaged)",
-            "lora_rank": config.preset.lora_rank,
-            "targets": ["q_proj", "v_proj"],
-            "learning_rate": config.preset.generator.learning_rate,
-        },
-        "classifier_training": config.preset.classifier.to_dict(),
-        "preset": config.preset.name,
-        "preset_note": config.preset.note,
-        "metrics": {"real_test": classifier["metrics"]},
-        "baseline_dp_sgd_real": None
-        if dp_baseline is None
-        else {"metrics": dp_baseline["metrics"], "epsilon": dp_baseline["epsilon"]},
-    }
+# ------------------------------------------------------------------ run-level stages (no ε of their own)
+
+
+def run_features(config: SynthConfig, seed_set: SeedSet, stages: Stages, progress: Progress) -> None:
+    """Frozen MiniLM embeddings of the seed set, test and validation splits, computed once per run."""
+    key = _key("features", seed_set.indices_sha256, config.data, config.encoder, seed_set.train.label_names)
+
+    def body() -> dict[str, Any]:
+        clf = _new_classifier(config, seed_set.train.label_names)  # LoRA B = 0: the frozen encoder
+        features = _embed_all(clf, seed_set, _load_val(config), progress, "frozen encoder")
+        _save_features(config.out_dir / FEATURES_FILE, features)
+        return {"examples": {"train": len(features.train), "test": len(features.test)}}
+
+    stages.run("features", key, body)
 
 
 def run_real_baseline(config: SynthConfig, seed_set: SeedSet, stages: Stages, progress: Progress) -> dict[str, Any]:
@@ -414,13 +624,59 @@ def run_real_baseline(config: SynthConfig, seed_set: SeedSet, stages: Stages, pr
             on_step=lambda s, n, v: progress(f"classifier on real data (non-private): step {s + 1}/{n}"),
         )
         progress("evaluating the non-private baseline on the real test split")
-        metrics = evaluate_classifier(clf, seed_set.test)
+        metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
+        val = _load_val(config)
+        if val is not None:
+            metrics["real_val"] = evaluate_classifier(clf, val)
         out = config.out_dir / "baseline-real"
         out.mkdir(exist_ok=True)
         atomic_write_bytes(out / "metrics.json", _json_bytes(metrics))
         return {"metrics": metrics, "training": settings.to_dict()}
 
     return stages.run("baseline-real", key, body)
+
+
+def run_control(config: SynthConfig, seed_set: SeedSet, stages: Stages, progress: Progress) -> dict[str, Any]:
+    """The no-private-data control: the classifier trained on samples of the UN-fine-tuned generator."""
+    preset = config.preset
+    labels = seed_set.train.label_names
+    key = _key(
+        "control",
+        config.generator,
+        preset.sampling.to_dict(),
+        preset.classifier.to_dict(),
+        config.encoder,
+        config.seed,
+        labels,
+        config.data,
+    )
+
+    def body() -> dict[str, Any]:
+        gen = load_generator(config.generator, rank=preset.lora_rank, alpha=preset.lora_alpha, seed=config.seed)
+        data, report = sample_synthetic(
+            gen,
+            labels,
+            preset.sampling,
+            progress=lambda label, kept, want: progress(f"control sampling '{label}': {kept}/{want}"),
+        )
+        out = config.out_dir / "control"
+        out.mkdir(exist_ok=True)
+        write_jsonl(out / "synthetic.jsonl", data, preset.sampling)
+        texts = load_jsonl(out / "synthetic.jsonl", labels)
+        clf = _new_classifier(config, labels)
+        train_classifier(
+            clf,
+            texts,
+            preset.classifier,
+            on_step=lambda s, n, v: progress(f"control classifier: step {s + 1}/{n}, loss {v:.3f}"),
+        )
+        metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
+        val = _load_val(config)
+        if val is not None:
+            metrics["real_val"] = evaluate_classifier(clf, val)
+        return {"metrics": metrics, "sampling": report.to_dict()}
+
+    return stages.run("control", key, body)
 
 
 def run_synth(config: SynthConfig, progress: Progress | None = None) -> dict[str, Any]:
@@ -445,16 +701,36 @@ def run_synth(config: SynthConfig, progress: Progress | None = None) -> dict[str
         ),
     )
     stages = Stages(config.out_dir, say)
+    run_features(config, seed_set, stages, say)
     real = run_real_baseline(config, seed_set, stages, say) if config.baselines else None
-    rows = [run_epsilon(config, seed_set, planned, stages, say) for planned in plans]
+    control = run_control(config, seed_set, stages, say) if config.baselines and config.preset.control else None
+    results = [run_epsilon(config, seed_set, planned, stages, say) for planned in plans]
+    k = len(seed_set.train.label_names)
+    floor = {"real_test": majority_floor(np.asarray(seed_set.test.labels), k)}
+    val = _load_val(config)
+    if val is not None:
+        floor["real_val"] = majority_floor(np.asarray(val.labels), k)
+    common = [_row("majority_floor", "always the majority label (no model)", None, floor)]
+    if control is not None:
+        common.append(_row("control", "no private data: un-fine-tuned generator's samples", None, control["metrics"]))
+    if real is not None:
+        common.append(_row("non_private", "non-private LoRA + head, real data", None, real["metrics"]))
+    delta = plans[0].delta
+    all_releases = [_release_from_dict(r) for result in results for r in result["releases"]]
     table = {
         "preset": config.preset.name,
         "preset_note": config.preset.note,
         "data": config.data,
         "seed_examples": len(seed_set.train),
         "test_examples": len(seed_set.test),
-        "non_private_real": None if real is None else real["metrics"],
-        "rows": rows,
+        "delta": delta,
+        "common_rows": common,
+        "epsilons": results,
+        "run_ledger": {
+            "note": "every DP release this run made on the seed set (all ε, all private baselines): they compose, "
+            "so this is what the whole run spent; each model's card states its own releases",
+            **ledger_dict(all_releases, delta),
+        },
     }
     atomic_write_bytes(config.out_dir / "evaluation.json", _json_bytes(table))
     write_plot(table, config.out_dir / "evaluation.png")
@@ -462,30 +738,30 @@ def run_synth(config: SynthConfig, progress: Progress | None = None) -> dict[str
 
 
 def write_plot(table: dict[str, Any], path: Path) -> None:
-    """macro-F1 on the real test split vs ε: synthetic-data classifier, DP-SGD on real, non-private line."""
+    """macro-F1 on the real test split vs ε for every private model, with the floor and references as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(table["rows"], key=lambda r: r["target_epsilon"])
-    eps = [r["generator_epsilon_pld"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(eps, [r["synthetic"]["macro_f1"] for r in rows], "o-", label="trained on DP synthetic text")
-    dp_rows = [r for r in rows if r["dp_sgd_real"] is not None]
-    if dp_rows:
-        ax.plot(
-            [r["dp_sgd_real_epsilon_pld"] for r in dp_rows],
-            [r["dp_sgd_real"]["macro_f1"] for r in dp_rows],
-            "s--",
-            label="DP-SGD on real text",
-        )
-    if table["non_private_real"] is not None:
-        ax.axhline(table["non_private_real"]["macro_f1"], color="grey", linestyle=":", label="non-private, real text")
-    ax.set_xlabel("ε (PLD, δ as in the table)")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_model: dict[str, list[tuple[float, float]]] = {}
+    labels: dict[str, str] = {}
+    for result in table["epsilons"]:
+        for row in result["rows"]:
+            by_model.setdefault(row["model"], []).append((row["epsilon_pld"], row["test"]["macro_f1"]))
+            labels[row["model"]] = row["label"]
+    for model, points in by_model.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=labels[model])
+    styles = {"majority_floor": ("red", "--"), "control": ("purple", "-."), "non_private": ("grey", ":")}
+    for row in table["common_rows"]:
+        color, style = styles.get(row["model"], ("black", ":"))
+        ax.axhline(row["test"]["macro_f1"], color=color, linestyle=style, label=row["label"])
+    ax.set_xlabel(f"ε (PLD, δ = {table['delta']:g}), each model's composed releases")
     ax.set_ylabel("macro-F1, real test split")
     ax.set_title(f"privtune synth ({table['preset']} preset)")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -10,11 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting.pld import pld_privacy_accountant
 
+from ondevice.data import load_labelled
 from server_aggregator.synthetic.classifier_training import ClassifierTraining
-from server_aggregator.synthetic.config import PRESETS, DpTraining, SynthConfig
+from server_aggregator.synthetic.config import PRESETS, DpTraining, ProbeRecipe, SynthConfig
 from server_aggregator.synthetic.pipeline import run_synth
 from server_aggregator.synthetic.sampling import SamplingSettings
 from tests.tiny_data import tiny_tweeteval
@@ -30,8 +32,30 @@ TINY = replace(
     sampling=SamplingSettings(samples_per_label=4, max_new_tokens=8, batch_size=4),
     classifier=ClassifierTraining(epochs=1.0, batch_size=8),
     real_classifier=ClassifierTraining(epochs=1.0, batch_size=8, max_steps=3),
-    dp_classifier=DpTraining(expected_batch_size=8, max_steps=2, learning_rate=1e-3),
+    dp_classifier=DpTraining(expected_batch_size=8, max_steps=2, learning_rate=1e-3, micro_batch_size=4),
+    probe=ProbeRecipe(expected_batch_size=32, steps=20, learning_rate=0.05, count_noise_std=20.0),
+    ship="warm_start",
+    control=True,
 )
+
+
+def independent_composed_epsilon(ledger: dict, delta: float) -> float:
+    """dp_accounting PLD (fine grid) of every release on a card, composed, built here from the raw numbers."""
+    events = [
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(
+                s["sampling_rate"], dp_accounting.GaussianDpEvent(s["noise_multiplier"])
+            )
+            if s["sampling_rate"] < 1
+            else dp_accounting.GaussianDpEvent(s["noise_multiplier"]),
+            s["count"],
+        )
+        for release in ledger["releases"]
+        for s in release["steps"]
+    ]
+    accountant = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-4)
+    accountant.compose(dp_accounting.ComposedDpEvent(events))
+    return float(accountant.get_epsilon(delta))
 
 
 def independent_epsilon(q: float, sigma: float, steps: int, delta: float) -> float:
@@ -53,18 +77,33 @@ def test_tiny_run_makes_a_loadable_classifier_with_an_honest_card(offensive_dir:
 
     run = tmp_path / "run" / "eps-4"
     card = json.loads((run / "classifier" / "card.json").read_text())
+    assert card["model"] == "warm_start"
     privacy = card["privacy"]
-    inputs = privacy["accountant_inputs"]
-    assert inputs["steps"] == 3 and inputs["expected_batch_size"] == 4
-    assert inputs["sampling_rate"] == pytest.approx(4 / 200)
-    oracle = independent_epsilon(inputs["sampling_rate"], inputs["noise_multiplier"], inputs["steps"], privacy["delta"])
-    assert privacy["epsilon"] == pytest.approx(oracle, rel=0.01)
+    releases = {r["name"]: r for r in privacy["ledger"]["releases"]}
+    assert list(releases) == ["generator", "label-counts", "probe"]
+    generator = releases["generator"]["steps"][0]
+    assert generator["count"] == 3 and releases["generator"]["expected_batch_size"] == 4
+    assert generator["sampling_rate"] == pytest.approx(4 / 200)
+    # The generator alone is planned at half the target; all three releases compose to the target.
+    alone = independent_epsilon(generator["sampling_rate"], generator["noise_multiplier"], 3, privacy["delta"])
+    assert alone <= 2.0 * 1.01
+    composed = independent_composed_epsilon(privacy["ledger"], privacy["delta"])
+    assert privacy["epsilon"] == pytest.approx(composed, rel=0.01)
+    assert composed <= 4.0 * 1.01 and composed > 3.5  # calibrated to the total, not merely under it
     assert privacy["epsilon"] <= 4.0 and privacy["epsilon_rdp"] >= privacy["epsilon"]
-    assert privacy["delta"] <= 1 / (10 * 200)
+    assert privacy["delta"] <= 1e-6
     assert card["data"]["seed_examples"] == 200 and card["data"]["test_examples"] == 40
-    assert card["generation"]["temperature"] == 1.0 and card["generation"]["top_p"] == 0.95
     assert "SEEDED" in privacy["noise_source"]  # a test run says it is not private
     assert set(card["metrics"]["real_test"]) >= {"accuracy", "macro_f1"}
+    probe_card = json.loads((run / "probe" / "card.json").read_text())
+    assert [r["name"] for r in probe_card["privacy"]["ledger"]["releases"]] == ["label-counts", "probe"]
+    assert probe_card["privacy"]["epsilon"] == pytest.approx(
+        independent_composed_epsilon(probe_card["privacy"]["ledger"], privacy["delta"]), rel=0.01
+    )
+    # The whole run (probe, generator, warm start's probe, DP-SGD LoRA baseline) composes above any one model.
+    saved_ledger = json.loads((tmp_path / "run" / "evaluation.json").read_text())["run_ledger"]
+    run_eps = independent_composed_epsilon(saved_ledger, privacy["delta"])
+    assert saved_ledger["composed_epsilon"]["pld"] == pytest.approx(run_eps, rel=0.01) and run_eps > 4.0
 
     # The classifier loads both ways: privtune's loader and plain PEFT on the base encoder.
     clf = load_classifier(run / "classifier")
@@ -81,20 +120,28 @@ def test_tiny_run_makes_a_loadable_classifier_with_an_honest_card(offensive_dir:
 
     assert (tmp_path / "run" / "evaluation.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "run" / "evaluation.json").read_text())
-    assert saved["rows"][0]["synthetic"] == table["rows"][0]["synthetic"]
-    assert table["non_private_real"] is not None and table["rows"][0]["dp_sgd_real"] is not None
+    assert [r["model"] for r in saved["common_rows"]] == ["majority_floor", "control", "non_private"]
+    floor = saved["common_rows"][0]["test"]
+    counts = np.bincount(load_labelled(str(data), "test", None, empty="skip").labels)
+    m, total = int(counts.max()), int(counts.sum())
+    assert floor["accuracy"] == pytest.approx(m / total)
+    assert floor["macro_f1"] == pytest.approx((2 * m / (m + total)) / 2)  # F1 of the majority class, 0 for the other
+    models = [r["model"] for r in saved["epsilons"][0]["rows"]]
+    assert models == ["probe", "synthetic", "warm_start", "dp_sgd_lora"]
+    assert saved["epsilons"][0]["rows"] == table["epsilons"][0]["rows"]
 
     # Resume: a second run redoes nothing; a sampling change redoes sampling and the classifier only.
     stamp = (run / "generator" / "adapter_model.safetensors").stat().st_mtime_ns
     messages.clear()
     run_synth(config, progress=messages.append)
     reused = [m for m in messages if m.endswith("done earlier, reusing")]
-    assert len(reused) == 5, messages  # baseline-real, generator, synthetic, classifier, baseline-dp
+    assert len(reused) == 9, messages  # features, baseline-real, control, probe, generator, synthetic,
+    # classifier, warm-start, baseline-dp
     changed = replace(config, preset=replace(TINY, sampling=replace(TINY.sampling, temperature=0.8)))
     messages.clear()
     run_synth(changed, progress=messages.append)
     redone = sorted(m.split(":")[0] for m in messages if "inputs changed" in m)
-    assert redone == ["eps-4-classifier", "eps-4-synthetic"], messages
+    assert redone == ["control", "eps-4-classifier", "eps-4-synthetic", "eps-4-warm-start"], messages
     assert (run / "generator" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from privtune.fleet_options import Availability, Dropout, NetworkFault, Straggler, fleet_conditions, split_names
+
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
@@ -27,10 +29,10 @@ def register(app: typer.Typer) -> None:
         rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 10,
         workers: Annotated[int, typer.Option(help="Worker processes (one device-round at a time each).")] = 2,
         runtimes: Annotated[str, typer.Option(help="Comma-separated runtimes, assigned round-robin.")] = "ort",
-        availability: Annotated[float, typer.Option(help="P(a device checks in in a round).")] = 0.6,
-        dropout: Annotated[float, typer.Option(help="P(a training device dies mid-round; it resumes).")] = 0.1,
-        straggler: Annotated[float, typer.Option(help="P(a training device misses the deadline).")] = 0.1,
-        network_fault: Annotated[float, typer.Option(help="P(an upload attempt times out or resets).")] = 0.1,
+        availability: Availability = 0.6,
+        dropout: Dropout = 0.1,
+        straggler: Straggler = 0.1,
+        network_fault: NetworkFault = 0.1,
         adversaries: Annotated[
             str, typer.Option(help="Comma-separated attack kinds, one device each (nan, wrong_shape, ...).")
         ] = "",
@@ -42,7 +44,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run N emulated phones (non-IID shards, dropouts, stragglers, flaky network, attackers) for R rounds."""
         from ondevice.data import DataError, tweeteval_task_dir
-        from privtune.fleet.conditions import FleetConditions
         from privtune.fleet.runner import FleetConfig, run_fleet
         from privtune.server_cli import read_admin_token
 
@@ -56,13 +57,13 @@ def register(app: typer.Typer) -> None:
                 devices=devices,
                 rounds=rounds,
                 workers=workers,
-                runtimes=tuple(x.strip() for x in runtimes.split(",") if x.strip()),
-                conditions=FleetConditions(
+                runtimes=split_names(runtimes),
+                conditions=fleet_conditions(
                     availability=availability,
                     dropout=dropout,
                     straggler=straggler,
                     network_fault=network_fault,
-                    adversaries=tuple(x.strip() for x in adversaries.split(",") if x.strip()),
+                    adversaries=adversaries,
                     seed=seed,
                 ),
                 seed_fraction=seed_fraction,

@@ -42,37 +42,20 @@ from ondevice.accounting import LocalPrivacyLedger, PldAccountant, RdpAccountant
 from ondevice.bundle import load_manifest
 from ondevice.protocol import decode_update, sha256_hex
 from server_aggregator.service import Aggregator
+from tests.android_harness import REPO_ROOT, explain, run, toolchain_fixture
 from tests.server_harness import LiveServer, admin, enroll, make_config
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO = REPO_ROOT / "android_demo"
 BUILD_SH = DEMO / "build.sh"
 EMULATOR_SH = DEMO / "emulator" / "run_emulator_tests.sh"
-TOOLCHAIN = REPO_ROOT / "scripts" / "android_toolchain.sh"
-APT_UNREACHABLE = 3
 SKIPPED_STATUS = 77
 PACKAGE = "dev.privtune.demo"
 INTEGER_ORDERS = [float(a) for a in range(2, 64)] + [128.0, 256.0, 512.0, 1024.0]
 
 
-def run(
-    args: list[str], *, cwd: Path = REPO_ROOT, timeout: float = 600, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
-
-
-def explain(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
-
-
-@pytest.fixture(scope="module")
-def toolchain() -> None:
-    proc = run(["bash", str(TOOLCHAIN)], timeout=1200)
-    if proc.returncode == APT_UNREACHABLE:
-        pytest.skip(f"ANDROID TOOLCHAIN MISSING AND APT UNREACHABLE, APK NOT built:\n{proc.stdout}{proc.stderr}")
-    assert proc.returncode == 0, f"scripts/android_toolchain.sh failed: {explain(proc)}"
+toolchain = toolchain_fixture("ANDROID TOOLCHAIN MISSING AND APT UNREACHABLE, APK NOT built")
 
 
 @dataclass(frozen=True)

@@ -33,37 +33,19 @@ from ondevice.accounting import LocalPrivacyLedger
 from ondevice.bundle import load_manifest
 from ondevice.protocol import decode_update, sha256_hex
 from server_aggregator.service import Aggregator
+from tests.android_harness import REPO_ROOT, TOOLCHAIN, explain, run, toolchain_fixture
 from tests.server_harness import LiveServer, admin, enroll, make_config
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE = REPO_ROOT / "android_demo" / "core"
 MAKE_GOLDEN = REPO_ROOT / "android_demo" / "golden" / "make_golden.py"
-TOOLCHAIN = REPO_ROOT / "scripts" / "android_toolchain.sh"
 ANDROID_DEBS = REPO_ROOT.parent / "shared" / "tools" / "android-debs"
 MAVEN = ["mvn", "-o", "-B", "-q", "-Dstyle.color=never", "-Dmaven.repo.local=/usr/share/maven-repo"]
-APT_UNREACHABLE = 3  # scripts/android_toolchain.sh's exit status when apt cannot be reached
 JUNIT_CLASSES = 17  # test classes under android_demo/core/src/test (a class that stops running fails the count)
 
 
-def run(
-    args: list[str], *, cwd: Path = REPO_ROOT, timeout: float = 600, **kwargs: Any
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, **kwargs)
-
-
-def explain(proc: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
-
-
-@pytest.fixture(scope="module")
-def toolchain() -> None:
-    """JDK, Maven and the Debian Maven plugins, installed if missing."""
-    proc = run(["bash", str(TOOLCHAIN)], timeout=1200)
-    if proc.returncode == APT_UNREACHABLE:
-        pytest.skip(f"JVM TOOLCHAIN MISSING AND APT UNREACHABLE, android core NOT tested:\n{proc.stdout}{proc.stderr}")
-    assert proc.returncode == 0, f"scripts/android_toolchain.sh failed: {explain(proc)}"
+toolchain = toolchain_fixture("JVM TOOLCHAIN MISSING AND APT UNREACHABLE, android core NOT tested")
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,9 @@ class Preset:
     dp_classifier: DpTraining | None
     """DP-SGD of LoRA + head directly on the real train split, at the same ε (None: not run)."""
     probe: ProbeRecipe = field(default_factory=ProbeRecipe)
+    generator_top_layers: int | None = 2
+    """LoRA on the top k decoder layers only, the frozen layers below run once per sampled example
+    and cached (``generator_cache``); None: LoRA in every layer, no cache (the slow path)."""
     generator_share: float = 0.5
     """The generator is planned at this share of each target ε; the warm start's probe gets the rest (composed)."""
     ship: str = "probe"
@@ -121,7 +124,7 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
         generator=DpTraining(
-            expected_batch_size=256, max_steps=12, learning_rate=2e-3, micro_batch_size=32, max_noise_multiplier=50.0
+            expected_batch_size=128, max_steps=10, learning_rate=2e-3, micro_batch_size=128, max_noise_multiplier=50.0
         ),
         generator_max_seq_len=48,
         sampling=SamplingSettings(samples_per_label=128, max_new_tokens=40, batch_size=32),
@@ -132,14 +135,14 @@ PRESETS: dict[str, Preset] = {
         control=False,
         note=(
             "quick: the shipped base is the DP linear probe on frozen MiniLM embeddings (label counts + 1,000 "
-            "DP-SGD steps of 1,024); beside it a small DP generator run (12 steps of 256 on the top layers), "
+            "DP-SGD steps of 1,024); beside it a token DP generator run (10 steps of 128 on the top 2 layers), "
             "its synthetic-data classifier and the synthetic warm start. No DP-SGD LoRA baseline (see full)."
         ),
     ),
     "full": Preset(
         name="full",
         generator=DpTraining(
-            expected_batch_size=512, max_steps=60, learning_rate=2e-3, micro_batch_size=32, max_noise_multiplier=50.0
+            expected_batch_size=512, max_steps=60, learning_rate=2e-3, micro_batch_size=128, max_noise_multiplier=50.0
         ),
         generator_max_seq_len=48,
         sampling=SamplingSettings(samples_per_label=1000, max_new_tokens=40, batch_size=64),

@@ -324,6 +324,11 @@ def _micro_batches(indices: np.ndarray, size: int | None, sort_key: Callable[[in
     return [order[k : k + size] for k in range(0, len(order), size)]
 
 
+def draw_poisson_batches(plan: DpSgdPlan, random_source: RandomSource) -> list[np.ndarray]:
+    """All ``plan.steps`` Poisson batches of a plan, drawn now (each example independently at rate q)."""
+    return [poisson_sample(plan.num_examples, plan.sampling_rate, random_source) for _ in range(plan.steps)]
+
+
 def train_dp_sgd(
     model: nn.Module,
     parameters: Sequence[nn.Parameter],
@@ -336,6 +341,7 @@ def train_dp_sgd(
     micro_batch_size: int | None = None,
     sort_key: Callable[[int], int] | None = None,
     checkpointing: Checkpointing | None = None,
+    batches: Sequence[np.ndarray] | None = None,
 ) -> DpTrainingResult:
     """Run ``plan.steps`` DP-SGD steps (AdamW on ``parameters``) and return the per-step losses.
 
@@ -343,16 +349,24 @@ def train_dp_sgd(
     skipped steps: each piece's per-example gradients are clipped and summed; the noise is drawn
     once per logical step and the sum divided by the expected batch). ``checkpointing`` saves the
     parameters and optimiser state every few steps; a later call with the same plan resumes there.
+    ``batches`` are Poisson batches drawn in advance (``draw_poisson_batches``; one per step, indices
+    in the caller's numbering): a stage that must prepare the sampled examples (the generator's
+    layer cache) draws them first; the mechanism is the same as drawing each at its step.
     """
     if micro_batch_size is not None and micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be None or >= 1, found {micro_batch_size!r}")
+    if batches is not None and len(batches) != plan.steps:
+        raise ValueError(f"batches must hold one Poisson batch per step ({plan.steps}), found {len(batches)}")
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
     start, losses, sizes = _load_checkpoint(checkpointing, plan, parameters, optimizer)
     wrapped, dp_optimizer = make_private(model, optimizer, plan, random_source)
     try:
         with _quiet_hooks():
             for step in range(start, plan.steps):
-                indices = poisson_sample(plan.num_examples, plan.sampling_rate, random_source)  # [b]
+                if batches is None:
+                    indices = poisson_sample(plan.num_examples, plan.sampling_rate, random_source)  # [b]
+                else:
+                    indices = np.asarray(batches[step], dtype=np.int64)
                 dp_optimizer.zero_grad(set_to_none=True)
                 if indices.size == 0:
                     _empty_batch_grad_samples(dp_optimizer)

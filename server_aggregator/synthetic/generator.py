@@ -116,15 +116,28 @@ def find_generator(spec: str | Path | None) -> ResolvedModel:
         ) from exc
 
 
-def load_generator(spec: str | Path | None, *, rank: int = 8, alpha: float = 16.0, seed: int = 0) -> Generator:
+def load_generator(
+    spec: str | Path | None,
+    *,
+    rank: int = 8,
+    alpha: float = 16.0,
+    seed: int = 0,
+    top_layers: int | None = None,
+) -> Generator:
     """The base generator (a local folder, the packaged SmolLM2 GGUF converted once, or a hub id)
-    with a fresh LoRA on q_proj / v_proj (B = 0, so it starts as the base model)."""
+    with a fresh LoRA on q_proj / v_proj (B = 0, so it starts as the base model): in every decoder
+    layer, or with ``top_layers=k`` only in the top k (PEFT ``layers_to_transform``; the adapter
+    stays a normal PEFT adapter, and the frozen layers below can be cached, see ``generator_cache``)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     resolved = find_generator(spec)
     torch.manual_seed(seed)  # peft draws lora_A from torch's global RNG
     base = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch.float32)
+    num_layers = int(base.config.num_hidden_layers)
+    if top_layers is not None and not (isinstance(top_layers, int) and 1 <= top_layers <= num_layers):
+        raise ValueError(f"top_layers must be an int in 1..{num_layers} (the decoder depth), found {top_layers!r}")
+    layers = None if top_layers is None else list(range(num_layers - top_layers, num_layers))
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int; floats work
@@ -132,6 +145,7 @@ def load_generator(spec: str | Path | None, *, rank: int = 8, alpha: float = 16.
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",
+        layers_to_transform=layers,
     )
     model = get_peft_model(base, config)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)

@@ -46,8 +46,17 @@ from server_aggregator.synthetic.classifier_training import (
     train_classifier_dp,
 )
 from server_aggregator.synthetic.config import DpTraining, SynthConfig, default_delta
-from server_aggregator.synthetic.dp_sgd import Checkpointing, DpSgdPlan, plan_dp_sgd, plan_epsilons, train_dp_sgd
+from server_aggregator.synthetic.dp_sgd import (
+    Checkpointing,
+    DpSgdPlan,
+    PerExampleLoss,
+    draw_poisson_batches,
+    plan_dp_sgd,
+    plan_epsilons,
+    train_dp_sgd,
+)
 from server_aggregator.synthetic.generator import (
+    TokenizedExamples,
     collate,
     find_generator,
     load_generator,
@@ -56,8 +65,9 @@ from server_aggregator.synthetic.generator import (
     save_generator_adapter,
     tokenize_examples,
 )
+from server_aggregator.synthetic.generator_cache import prepare_cached_training
 from server_aggregator.synthetic.probe import embed_texts, head_state, install_head, predict
-from server_aggregator.synthetic.recipes import build_card, train_probe_release
+from server_aggregator.synthetic.recipes import ProbeRelease, build_card, train_probe_release
 from server_aggregator.synthetic.releases import Release, ledger_dict
 from server_aggregator.synthetic.sampling import sample_synthetic, write_jsonl
 
@@ -195,33 +205,67 @@ def _checkpointing(path: Path) -> Checkpointing:
     return Checkpointing(path, every=5)
 
 
+def _generator_batches(plan: DpSgdPlan, path: Path, random_source: RandomSource) -> list[np.ndarray]:
+    """The generator's Poisson batches, drawn once and kept (secret, like the data) so a resumed run
+    trains on the same batches its cache was built for."""
+    if path.is_file():
+        with np.load(path) as saved:
+            if json.loads(str(saved["plan"])) == plan.to_dict():
+                return [saved[f"b{i}"] for i in range(plan.steps)]
+    batches = draw_poisson_batches(plan, random_source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".partial.npz")
+    np.savez(staging, plan=json.dumps(plan.to_dict()), **{f"b{i}": b for i, b in enumerate(batches)})  # type: ignore[arg-type]
+    os.replace(staging, path)
+    return batches
+
+
 def _train_generator(
     config: SynthConfig, seed_set: SeedSet, plan: DpSgdPlan, run_dir: Path, progress: Progress
 ) -> dict[str, Any]:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    gen = load_generator(
-        config.generator, rank=config.preset.lora_rank, alpha=config.preset.lora_alpha, seed=config.seed
-    )
-    examples = tokenize_examples(gen.tokenizer, seed_set.train, config.preset.generator_max_seq_len)
-
-    def loss(model: torch.nn.Module, indices: Sequence[int]) -> torch.Tensor:
-        return per_example_lm_loss(model, collate(examples, indices))
+    preset = config.preset
+    top = preset.generator_top_layers
+    gen = load_generator(config.generator, rank=preset.lora_rank, alpha=preset.lora_alpha, seed=config.seed,
+                         top_layers=top)  # fmt: skip
+    examples = tokenize_examples(gen.tokenizer, seed_set.train, preset.generator_max_seq_len)
+    source = _random_source(config, 1)
+    checkpoints = run_dir / "checkpoints"
 
     def on_step(step: int, value: float, size: int) -> None:
         progress(f"generator DP step {step + 1}/{plan.steps}: batch {size}, loss {value:.3f}")
 
+    cached: dict[str, Any] = {}
+    loss: PerExampleLoss
+    if top is None:
+        model, params, batches = gen.model, gen.trainable_parameters(), None
+
+        def full_model_loss(m: torch.nn.Module, indices: Sequence[int]) -> torch.Tensor:
+            return per_example_lm_loss(m, collate(examples, indices))
+
+        loss = full_model_loss
+        lengths = [len(ids) for ids in examples.ids]
+    else:
+        # Only examples some Poisson batch holds are ever read: cache those, renumbered 0..m-1.
+        drawn = _generator_batches(plan, checkpoints / "generator-batches.npz", source)
+        union = np.unique(np.concatenate([np.zeros(0, dtype=np.int64), *drawn]))  # [m]
+        subset = TokenizedExamples(
+            tuple(examples.ids[i] for i in union), tuple(examples.prompt_lengths[i] for i in union), examples.pad_id
+        )
+        training = prepare_cached_training(
+            gen, subset, top, cache_path=checkpoints / "generator-cache.pt",
+            progress=lambda done, total: progress(f"caching the frozen generator layers: {done}/{total} examples"),
+        )  # fmt: skip
+        model, params, loss = training.model, training.parameters, training.per_example_loss
+        batches = [np.searchsorted(union, b) for b in drawn]
+        lengths = [len(ids) for ids in subset.ids]
+        cached = {"top_layers": top, "cached_examples": len(union), "cache_bytes": training.cache.nbytes}
+
     result = train_dp_sgd(
-        gen.model,
-        gen.trainable_parameters(),
-        loss,
-        plan,
-        learning_rate=config.preset.generator.learning_rate,
-        random_source=_random_source(config, 1),
-        on_step=on_step,
-        micro_batch_size=config.preset.generator.micro_batch_size,
-        sort_key=lambda i: len(examples.ids[i]),
-        checkpointing=_checkpointing(run_dir / "checkpoints" / "generator.pt"),
-    )
+        model, params, loss, plan, learning_rate=preset.generator.learning_rate, random_source=source,
+        on_step=on_step, micro_batch_size=preset.generator.micro_batch_size, sort_key=lambda i: lengths[i],
+        checkpointing=_checkpointing(checkpoints / "generator.pt"), batches=batches,
+    )  # fmt: skip
     release = Release.from_plan("generator", "DP-SGD of the generator's LoRA (prefix-LM loss)", plan)
     target = run_dir / "generator"
     staging = new_staging_dir(target)
@@ -233,6 +277,7 @@ def _train_generator(
         "release": release.to_dict(),
         "losses": list(result.losses),
         "batch_sizes": list(result.batch_sizes),
+        "layer_cache": cached,
     }
 
 
@@ -352,6 +397,25 @@ def run_epsilon(
     rows: list[dict[str, Any]] = []
     run_releases: list[Release] = []
 
+    def probe_head(
+        clf: Any, features: Features, prior: tuple[Release, ...], salt: int, what: str
+    ) -> tuple[ProbeRelease, dict[str, Any]]:
+        """DP-train ``clf``'s head on ``features`` (composed with ``prior`` to ε), install it, evaluate it."""
+        trained = train_probe_release(
+            features.train,
+            np.asarray(seed_set.train.labels),
+            len(labels),
+            preset.probe,
+            prior=prior,
+            total_epsilon=epsilon,
+            delta=delta,
+            init=head_state(clf),
+            random_source=_random_source(config, salt),
+            on_step=lambda s, v, b: progress(f"{what} step {s + 1}/{preset.probe.steps}: batch {b}"),
+        )
+        install_head(clf, trained.result.weight, trained.result.bias)
+        return trained, _probe_metrics(trained.result.weight, trained.result.bias, features, seed_set, val)
+
     # 1. the DP linear probe on frozen MiniLM embeddings of the real seed set (the whole ε)
     probe_key = _key(
         "probe", data_key, preset.probe.to_dict(), epsilon, delta, config.encoder, config.seed, config.random_source
@@ -360,20 +424,7 @@ def run_epsilon(
     def train_probe() -> dict[str, Any]:
         features = _read_features(config.out_dir / FEATURES_FILE)
         clf = _new_classifier(config, labels)
-        trained = train_probe_release(
-            features.train,
-            np.asarray(seed_set.train.labels),
-            len(labels),
-            preset.probe,
-            prior=(),
-            total_epsilon=epsilon,
-            delta=delta,
-            init=head_state(clf),
-            random_source=_random_source(config, 3),
-            on_step=lambda s, v, b: progress(f"DP probe step {s + 1}/{preset.probe.steps}: batch {b}"),
-        )
-        install_head(clf, trained.result.weight, trained.result.bias)
-        metrics = _probe_metrics(trained.result.weight, trained.result.bias, features, seed_set, val)
+        trained, metrics = probe_head(clf, features, (), 3, "DP probe")
         card = build_card(
             model="probe",
             description="DP linear probe: MiniLM frozen (LoRA B = 0), head trained with DP-SGD",
@@ -398,6 +449,7 @@ def run_epsilon(
         data_key,
         preset.generator.to_dict(),
         preset.generator_max_seq_len,
+        preset.generator_top_layers,
         preset.lora_rank,
         preset.lora_alpha,
         epsilon,
@@ -473,20 +525,7 @@ def run_epsilon(
     def warm_start() -> dict[str, Any]:
         clf = load_classifier(run_dir / "synthetic-classifier", encoder=config.encoder)
         features = _embed_all(clf, seed_set, val, progress, "synthetic-data classifier's encoder")
-        trained = train_probe_release(
-            features.train,
-            np.asarray(seed_set.train.labels),
-            len(labels),
-            preset.probe,
-            prior=(generator_release,),
-            total_epsilon=epsilon,
-            delta=delta,
-            init=head_state(clf),
-            random_source=_random_source(config, 4),
-            on_step=lambda s, v, b: progress(f"warm-start DP probe step {s + 1}/{preset.probe.steps}: batch {b}"),
-        )
-        install_head(clf, trained.result.weight, trained.result.bias)
-        metrics = _probe_metrics(trained.result.weight, trained.result.bias, features, seed_set, val)
+        trained, metrics = probe_head(clf, features, (generator_release,), 4, "warm-start DP probe")
         card = build_card(
             model="warm_start",
             description="the synthetic-data classifier (encoder LoRA + head), then its head DP-fine-tuned on the "

@@ -136,10 +136,11 @@ def test_plan_validation_names_the_bad_value(kwargs: dict[str, object], message:
 
 
 def test_default_delta_is_below_one_over_ten_n() -> None:
-    for n in (1, 7, 200, 11_916, 10**6):
+    for n in (1, 7, 200, 11_916, 10**6, 10**8):
         delta = default_delta(n)
-        assert delta <= 1 / (10 * n) and delta > 1 / (100 * n)
-    assert default_delta(11_916) == 1e-6
+        assert delta <= 1 / (10 * n) and delta <= 1e-6  # the targets are at δ ≤ 1e-6
+        assert delta > min(1 / (100 * n), 1e-7)
+    assert default_delta(11_916) == 1e-6 and default_delta(200) == 1e-6 and default_delta(10**6) == 1e-7
 
 
 def test_seed_set_split_is_seeded_and_its_complement_is_disjoint() -> None:
@@ -191,7 +192,10 @@ def test_presets_are_what_the_readme_says() -> None:
     quick, full = PRESETS["quick"], PRESETS["full"]
     assert quick.generator.max_steps <= 60 and quick.sampling.samples_per_label <= 256
     assert full.generator.expected_batch_size > quick.generator.expected_batch_size
-    assert "weak" in quick.note
+    assert quick.ship == "probe" and "DP linear probe" in quick.note and quick.dp_classifier is None
+    assert full.dp_classifier is not None and full.dp_classifier.expected_batch_size == 512
+    assert full.dp_classifier.steps_for(11_916) == 70  # 3 epochs of B = 512, what `privtune plan` recommends
+    assert quick.probe.expected_batch_size >= 1024 and quick.probe.steps >= 1000
 
 
 def test_classifier_training_steps_are_epochs_capped_at_max_steps() -> None:

@@ -124,7 +124,7 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         name="quick",
         generator=DpTraining(
-            expected_batch_size=128, max_steps=10, learning_rate=2e-3, micro_batch_size=128, max_noise_multiplier=50.0
+            expected_batch_size=128, max_steps=10, learning_rate=2e-3, micro_batch_size=32, max_noise_multiplier=50.0
         ),
         generator_max_seq_len=48,
         sampling=SamplingSettings(samples_per_label=128, max_new_tokens=40, batch_size=32),
@@ -149,14 +149,14 @@ PRESETS: dict[str, Preset] = {
         classifier=ClassifierTraining(epochs=3.0, batch_size=32, learning_rate=1e-3),
         real_classifier=ClassifierTraining(epochs=2.0, batch_size=32, learning_rate=1e-3),
         dp_classifier=DpTraining(
-            expected_batch_size=512, max_steps=200, epochs=3.0, learning_rate=1e-3, micro_batch_size=64
+            expected_batch_size=512, max_steps=200, epochs=3.0, learning_rate=5e-4, micro_batch_size=64
         ),
-        ship="warm_start",
+        ship="probe",
         control=True,
         note=(
             "full: DP generator (60 steps of 512 on the top layers), 2,000 synthetic texts, the no-private-data "
-            "control, DP-SGD LoRA + head on real data (B = 512, 3 epochs), the DP probe and the synthetic warm "
-            "start (shipped); about 2-2.5 h on 2 CPU cores."
+            "control, DP-SGD LoRA + head on real data (B = 512, 3 epochs), the DP probe (shipped) and the synthetic "
+            "warm start; about 2-2.5 h on 2 CPU cores."
         ),
     ),
 }

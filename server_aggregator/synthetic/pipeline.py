@@ -82,6 +82,8 @@ class SeedSet:
     test: LabelledTexts
     indices_sha256: str
     train_split_size: int
+    val: LabelledTexts | None = None
+    """The validation split, when the data has one (evaluation only, like the test split)."""
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -111,7 +113,7 @@ def load_seed_set(config: SynthConfig) -> SeedSet:
             "cannot learn a label it never sees — use more data or a larger --seed-fraction"
         )
     digest = hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest()
-    return SeedSet(train, test, digest, len(train_full))
+    return SeedSet(train, test, digest, len(train_full), _load_val(config))
 
 
 class Stages:
@@ -389,7 +391,7 @@ def run_epsilon(
     run_dir = config.out_dir / f"eps-{epsilon:g}"
     run_dir.mkdir(parents=True, exist_ok=True)
     preset = config.preset
-    val = _load_val(config)
+    val = seed_set.val
     labels = seed_set.train.label_names
     data_key = (seed_set.indices_sha256, config.data, labels)
     noise = _noise_source(config)
@@ -633,7 +635,7 @@ def run_features(config: SynthConfig, seed_set: SeedSet, stages: Stages, progres
 
     def body() -> dict[str, Any]:
         clf = _new_classifier(config, seed_set.train.label_names)  # LoRA B = 0: the frozen encoder
-        features = _embed_all(clf, seed_set, _load_val(config), progress, "frozen encoder")
+        features = _embed_all(clf, seed_set, seed_set.val, progress, "frozen encoder")
         _save_features(config.out_dir / FEATURES_FILE, features)
         return {"examples": {"train": len(features.train), "test": len(features.test)}}
 
@@ -664,7 +666,7 @@ def run_real_baseline(config: SynthConfig, seed_set: SeedSet, stages: Stages, pr
         )
         progress("evaluating the non-private baseline on the real test split")
         metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
-        val = _load_val(config)
+        val = seed_set.val
         if val is not None:
             metrics["real_val"] = evaluate_classifier(clf, val)
         out = config.out_dir / "baseline-real"
@@ -710,7 +712,7 @@ def run_control(config: SynthConfig, seed_set: SeedSet, stages: Stages, progress
             on_step=lambda s, n, v: progress(f"control classifier: step {s + 1}/{n}, loss {v:.3f}"),
         )
         metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
-        val = _load_val(config)
+        val = seed_set.val
         if val is not None:
             metrics["real_val"] = evaluate_classifier(clf, val)
         return {"metrics": metrics, "sampling": report.to_dict()}
@@ -746,7 +748,7 @@ def run_synth(config: SynthConfig, progress: Progress | None = None) -> dict[str
     results = [run_epsilon(config, seed_set, planned, stages, say) for planned in plans]
     k = len(seed_set.train.label_names)
     floor = {"real_test": majority_floor(np.asarray(seed_set.test.labels), k)}
-    val = _load_val(config)
+    val = seed_set.val
     if val is not None:
         floor["real_val"] = majority_floor(np.asarray(val.labels), k)
     common = [_row("majority_floor", "always the majority label (no model)", None, floor)]

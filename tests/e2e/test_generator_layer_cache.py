@@ -17,17 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from ondevice.data import LabelledTexts
 from ondevice.randomness import SeededRandomSource
 from server_aggregator.synthetic.dp_sgd import DpSgdPlan, make_private, train_dp_sgd
 from server_aggregator.synthetic.generator import (
     TokenizedExamples,
     collate,
-    load_generator,
     load_trained_generator,
     per_example_lm_loss,
     save_generator_adapter,
-    tokenize_examples,
 )
 from server_aggregator.synthetic.generator_cache import (
     HEAD_CHUNK_TOKENS,
@@ -37,36 +34,22 @@ from server_aggregator.synthetic.generator_cache import (
     model_key_of,
     prepare_cached_training,
 )
+from tests.generator_fixtures import generator_with_nonzero_lora_b, tweet_examples
 
 pytestmark = pytest.mark.slow
 
 TOP = 2
-TWEETS = (
-    "@user have a great weekend everyone!",
-    "@user you are the worst, shut up",
-    "so tired of this weather, when does summer start #rain",
-    "@user lol ok",
-)
 LOSS_TOLERANCE = 1e-5  # absolute, on losses ~5 (float32 cache; measured ~1e-6)
 
 
 @pytest.fixture(scope="module")
 def generator() -> Any:
-    torch.set_num_threads(1)
-    gen = load_generator(None, seed=0, top_layers=TOP)
-    # lora_B starts at 0, which makes every lora_A gradient 0: give B values so both are tested.
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in gen.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return gen
+    return generator_with_nonzero_lora_b(1, top_layers=TOP)
 
 
 @pytest.fixture(scope="module")
 def examples(generator: Any) -> Any:
-    data = LabelledTexts(TWEETS, (0, 1, 0, 1), ("not-offensive", "offensive"), source="test")
-    return tokenize_examples(generator.tokenizer, data, max_seq_len=32)
+    return tweet_examples(generator.tokenizer)
 
 
 @pytest.fixture(scope="module")

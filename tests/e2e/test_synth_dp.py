@@ -15,45 +15,27 @@ import numpy as np
 import pytest
 import torch
 
-from ondevice.data import LabelledTexts
 from ondevice.randomness import SecureRandomSource, SeededRandomSource
 from server_aggregator.synthetic.dp_sgd import DpSgdPlan, clipped_noised_gradient, make_private, train_dp_sgd
 from server_aggregator.synthetic.generator import (
     collate,
-    load_generator,
     per_example_lm_loss,
     prompt_for,
-    tokenize_examples,
 )
+from tests.generator_fixtures import TWEETS, generator_with_nonzero_lora_b, tweet_examples
 from tests.noise_stats import N, noise_failures
 
 pytestmark = pytest.mark.slow
 
-TWEETS = (
-    "@user have a great weekend everyone!",
-    "@user you are the worst, shut up",
-    "so tired of this weather, when does summer start #rain",
-    "@user lol ok",
-)
-
 
 @pytest.fixture(scope="module")
 def generator() -> Any:
-    torch.set_num_threads(2)
-    gen = load_generator(None, seed=0)
-    # lora_B starts at 0, which makes every lora_A gradient 0: give B values so both are tested.
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in gen.model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return gen
+    return generator_with_nonzero_lora_b(2)
 
 
 @pytest.fixture(scope="module")
 def examples(generator: Any) -> Any:
-    data = LabelledTexts(TWEETS, (0, 1, 0, 1), ("not-offensive", "offensive"), source="test")
-    return tokenize_examples(generator.tokenizer, data, max_seq_len=32)
+    return tweet_examples(generator.tokenizer)
 
 
 def _loss(examples: Any) -> Any:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ondevice.runtime_check import OnnxRuntimeInstallError, check_onnxruntime_install
-from privtune import demo_cli, fleet_cli, plan_cli, server_cli, synth_cli
+from privtune import demo_cli, fleet_cli, plan_cli, server_cli, simulate_cli, synth_cli
 
 if TYPE_CHECKING:
     from export.classifier import Classifier
@@ -289,6 +289,7 @@ def _classify_with_progress(
 server_cli.register(app)
 synth_cli.register(app)
 plan_cli.register(app)
+simulate_cli.register(app)
 fleet_cli.register(app)
 demo_cli.register(app)
 

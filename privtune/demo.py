@@ -40,6 +40,7 @@ from ondevice.bundle import verify_bundle
 from ondevice.data import load_labelled
 from ondevice.durable import atomic_write_bytes
 from ondevice.protocol import DpConfig
+from privtune.demo_simulation import DemoSimulation, run_simulation_stage
 from privtune.fleet.conditions import FleetConditions
 from privtune.fleet.ledger_check import epsilon_by_round, read_ledger, recompute_epsilon
 from privtune.fleet.runner import RUNTIMES, FleetConfig, run_fleet
@@ -89,6 +90,8 @@ class DemoConfig:
     """Use this exported bundle (of ``classifier``) instead of exporting."""
     export_backends: tuple[str, ...] | None = None
     """Backends to export (default: the fleet's runtimes)."""
+    simulation: DemoSimulation | None = field(default_factory=DemoSimulation)
+    """The simulated-population section (None: skip it)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -525,6 +528,16 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> dict[str, 
     )
     report = build_report(config, status, evaluations, card, wall, server.db_path, synth_evaluation)
     report["fleet_rounds_this_run"] = summaries
+    if config.simulation is not None:
+        settings = config.simulation
+        report["simulated_population"] = timed(
+            "simulate",
+            lambda: run_simulation_stage(
+                settings, classifier, config.data, config.out_dir / "simulation", stages,
+                seed_fraction=config.seed_fraction, test_examples=config.test_examples,
+            ),
+        )  # fmt: skip
+        report["wall_seconds"] = wall
     atomic_write_bytes(config.out_dir / "report.json", _json_bytes(report))
     write_round_plots(report, config.out_dir / "report-rounds.png")
     os.chmod(config.out_dir / "report.json", 0o644)

@@ -63,6 +63,31 @@ def print_summary(report: dict[str, Any], report_dir: Path) -> None:
         f"accepted updates {report['accepted_total']}, rejected {report['rejected_by_reason'] or 'none'}; "
         f"uploaded {report['upload_bytes']['per_device_mean'] / 1e6:.2f} MB per device on average"
     )
+    simulated = report.get("simulated_population")
+    if simulated:
+        sim = Table(
+            title=f"simulated population: {simulated['users']} users, ~{simulated['expected_cohort']:g} per round "
+            f"(PyTorch, real test split)"
+        )
+        for column in ("model", "accuracy", "macro-F1", "user-level ε (PLD)"):
+            sim.add_column(column)
+        floor = simulated["floor"]
+        sim.add_row("always the majority label", _fmt(floor["accuracy"]), _fmt(floor["macro_f1"]), "0")
+        sim.add_row("v0 (private base)", _fmt(simulated["v0"]["accuracy"]), _fmt(simulated["v0"]["macro_f1"]), "0")
+        sim.add_row(
+            f"after {simulated['rounds']} rounds (z={simulated['noise_multiplier']:.3f})",
+            _fmt(simulated["final"]["accuracy"]),
+            _fmt(simulated["final"]["macro_f1"]),
+            _fmt(simulated["epsilon_pld"], 2),
+        )
+        out.print(sim)
+        out.print(
+            f"simulated ε at δ={simulated['delta']:g}: PLD {_fmt(simulated['epsilon_pld'], 2)}, RDP "
+            f"{_fmt(simulated['epsilon_rdp'], 2)}, dp_accounting directly "
+            f"{_fmt(simulated['epsilon_recomputed_dp_accounting'], 2)}; {simulated['sent_params_per_update']} "
+            f"parameters ({simulated['sent_bytes_per_update']} bytes) per update; "
+            f"{simulated['client_updates']} client updates in {simulated['simulation_seconds']:.0f} s"
+        )
     out.print(f"wall seconds per stage: {report['wall_seconds']}")
     out.print(f"report: {report_dir / 'report.json'}, plots: {report_dir / 'report-rounds.png'}")
 
@@ -100,6 +125,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         bundle: Annotated[Path | None, typer.Option(help="Skip export: this bundle of --classifier.")] = None,
         seed: Annotated[int, typer.Option(help="Seed of shards and conditions (noise is always OS CSPRNG).")] = 0,
+        simulated_users: Annotated[
+            int, typer.Option(help="Users of the simulated-population section (0: skip it).")
+        ] = 10_000,
+        simulated_cohort: Annotated[float, typer.Option(help="Expected simulated clients per round.")] = 500.0,
+        simulated_rounds: Annotated[int, typer.Option(help="Simulated rounds.")] = 30,
+        simulated_epsilon: Annotated[float, typer.Option(help="User-level ε of the simulated deployment.")] = 4.0,
     ) -> None:
         """The whole chain on this machine: DP synthetic data → export → aggregator → emulated phones → report."""
         import dataclasses
@@ -107,6 +138,7 @@ def register(app: typer.Typer) -> None:
         from ondevice.bundle import BundleError
         from ondevice.data import DataError, tweeteval_task_dir
         from privtune.demo import DEMO_LOCAL_DP, DemoConfig, run_demo
+        from privtune.demo_simulation import DemoSimulation
 
         start = time.monotonic()
 
@@ -143,6 +175,14 @@ def register(app: typer.Typer) -> None:
                 classifier=classifier.absolute() if classifier else None,
                 bundle=bundle.absolute() if bundle else None,
                 seed=seed,
+                simulation=None
+                if simulated_users == 0
+                else DemoSimulation(
+                    users=simulated_users,
+                    expected_cohort=simulated_cohort,
+                    rounds=simulated_rounds,
+                    epsilon=simulated_epsilon,
+                ),
             )
             report = run_demo(config, progress=say)
         except (ValueError, DataError, BundleError, RuntimeError, FileNotFoundError) as exc:

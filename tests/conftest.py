@@ -89,3 +89,21 @@ def classifier_dir(bundle_dir: Path) -> Path:
     if not (folder / "classifier.json").is_file():
         pytest.fail(f"{folder}: no classifier folder beside the bundle; set PRIVTUNE_TEST_CLASSIFIER")
     return folder
+
+
+@pytest.fixture(scope="session")
+def manifest(bundle_dir: Path):  # type: ignore[no-untyped-def]
+    """The session bundle's verified manifest (modules may define their own ``manifest``)."""
+    from ondevice.bundle import verify_bundle
+
+    return verify_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def global_params(bundle_dir: Path, manifest):  # type: ignore[no-untyped-def]
+    """The session bundle's exported trainable tensors (float32, canonical names, manifest order)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    adapter = load_file(str(bundle_dir / manifest.file("adapter").path))
+    return {s.name: np.asarray(adapter[s.name], dtype=np.float32) for s in manifest.trainable}

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from ondevice.protocol import DpConfig
 from privtune.cli import app
 from privtune.demo import DemoConfig, run_demo
+from privtune.demo_simulation import DemoSimulation
 from privtune.fleet.conditions import FleetConditions
 from tests.tiny_data import tiny_tweeteval
 
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.slow
 LOCAL_DP = DpConfig(
     clip_norm=1.0, noise_multiplier=1.0, sampling_rate=0.5, local_steps=2, learning_rate=0.5, local_epsilon_budget=30.0
 )
+
+SMALL_SIMULATION = DemoSimulation(users=60, expected_cohort=20.0, rounds=2, epsilon=50.0, delta=1e-5, texts_per_user=2)
 
 NO_FAULTS = FleetConditions(availability=1.0, dropout=0.0, straggler=0.0, network_fault=0.0, adversaries=("nan",))
 
@@ -51,7 +54,8 @@ def demo_run(
     config = DemoConfig(
         out_dir=tmp / "out", data=str(data), population=6, clients_per_round=6, rounds=2, workers=2,
         noise_multiplier=0.8, user_epsilon_budget=500.0, local_dp=LOCAL_DP,
-        conditions=NO_FAULTS, classifier=classifier_dir, bundle=bundle_dir,
+        conditions=NO_FAULTS, classifier=classifier_dir, bundle=bundle_dir, test_examples=40,
+        simulation=SMALL_SIMULATION,
     )  # fmt: skip
     return config, run_demo(config)
 
@@ -101,6 +105,25 @@ def test_report_device_epsilons_equal_each_ledger_recomputed(demo_run: tuple[Dem
         assert epsilon == pytest.approx(independent, rel=0.01)
 
 
+def test_the_simulated_population_section_reports_its_epsilon_and_both_models(
+    demo_run: tuple[DemoConfig, dict],
+) -> None:
+    config, report = demo_run
+    simulated = report["simulated_population"]
+    assert simulated["users"] == 60 and simulated["rounds"] == 2 and simulated["stopped"] is None
+    q, z = simulated["sampling_rate"], simulated["noise_multiplier"]
+    assert q == pytest.approx(20 / 60)
+    independent = pld_epsilon([(q, z, 2)], 1e-5)
+    assert simulated["epsilon_pld"] == pytest.approx(independent, rel=0.01) and simulated["epsilon_pld"] <= 50.0
+    assert simulated["epsilon_recomputed_dp_accounting"] == pytest.approx(simulated["epsilon_pld"], rel=0.005)
+    assert simulated["sent_params_per_update"] == 12 * 384 * 2 + 2 * 384 + 2  # train_rank 1 + head
+    for row in (simulated["v0"], simulated["final"], simulated["floor"]):
+        assert 0 <= row["macro_f1"] <= 1 and 0 <= row["accuracy"] <= 1
+    assert [r["round"] for r in simulated["by_round"]] == [0, 2]
+    assert (config.out_dir / "simulation" / "report.json").is_file()
+    assert "simulate" in report["wall_seconds"]
+
+
 def test_a_rerun_resumes_without_new_rounds(demo_run: tuple[DemoConfig, dict]) -> None:
     config, report = demo_run
     result = CliRunner().invoke(
@@ -109,7 +132,7 @@ def test_a_rerun_resumes_without_new_rounds(demo_run: tuple[DemoConfig, dict]) -
             "demo", "--out", str(config.out_dir), "--data", config.data, "--population", "6",
             "--clients-per-round", "6", "--rounds", "2", "--classifier", str(config.classifier),
             "--bundle", str(config.bundle), "--test-examples", "40", "--adversaries", "nan",
-            "--noise-multiplier", "0.8", "--epsilon-budget", "500", "--local-steps", "2",
+            "--noise-multiplier", "0.8", "--epsilon-budget", "500", "--local-steps", "2", "--simulated-users", "0",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -22,7 +22,6 @@ from safetensors.numpy import load_file
 from scipy import stats
 
 from ondevice.accounting import LocalPrivacyLedger, PrivacyBudgetExceeded
-from ondevice.bundle import verify_bundle
 from ondevice.data import LabelledTexts, load_tweeteval
 from ondevice.dp_math import flat_to_tensors, tensors_to_flat
 from ondevice.protocol import ArtifactManifest, DpConfig, RoundConfig
@@ -37,17 +36,6 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DELTA = 1e-5
-
-
-@pytest.fixture(scope="module")
-def manifest(bundle_dir: Path) -> ArtifactManifest:
-    return verify_bundle(bundle_dir)
-
-
-@pytest.fixture(scope="module")
-def global_params(bundle_dir: Path, manifest: ArtifactManifest) -> dict[str, np.ndarray]:
-    adapter = load_file(str(bundle_dir / manifest.file("adapter").path))
-    return {s.name: np.asarray(adapter[s.name], dtype=np.float32) for s in manifest.trainable}
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from ondevice.dp_math import tensors_to_flat
 from ondevice.protocol import DpConfig
 from ondevice.randomness import SeededRandomSource
 from ondevice.seed_methods import expand_from_rank
+from ondevice.update import global_norm
 from server_aggregator.simulation.clients import ClientExamples, client_update, run_local_steps
 from server_aggregator.simulation.cohort_model import CohortModel
 
@@ -118,7 +119,7 @@ class CohortWorker:
                 update_clip_norm=job.update_clip_norm,
                 update_dtype=job.update_dtype,
             )
-            norms[c] = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in sent.values()))
+            norms[c] = global_norm(sent)
             expanded = expand_from_rank({k: np.asarray(v, np.float64) for k, v in sent.items()}, self.specs)
             uploads[c] = tensors_to_flat(expanded, self.specs)
         loss_sum = 0.0 if math.isnan(steps.mean_loss) else steps.mean_loss * sum(steps.rows_per_step)

@@ -21,7 +21,7 @@ returns within a run, and keeping 10^4 users' moments would cost 0.6 MB each).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +32,8 @@ from ondevice.optim import make_host_optimizer
 from ondevice.protocol import DpConfig, TensorSpec
 from ondevice.randomness import RandomSource, gaussian_noise
 from ondevice.sampling import poisson_sample
-from ondevice.seed_methods import expand_from_rank, flat_mask, slice_to_rank, trainable_masks
+from ondevice.seed_methods import flat_mask, slice_to_rank, trainable_masks
 from ondevice.update import clip_delta
-from server_aggregator.aggregation import ClientDelta
 from server_aggregator.simulation.cohort_model import CohortModel, pad_rows
 
 MAX_CHUNK_TOKENS = 4096
@@ -187,31 +186,3 @@ def client_update(
     """The tensors a device uploads (``ondevice.update.build_update``): Δ kept to rank, clipped, cast."""
     delta = flat_to_tensors(local_flat.astype(np.float64) - global_flat.astype(np.float64), specs)
     return clip_delta(slice_to_rank(delta, train_rank), update_clip_norm, update_dtype)
-
-
-def server_deltas(
-    global_flat: np.ndarray,
-    steps: CohortSteps,
-    clients: Sequence[ClientExamples],
-    specs: Sequence[TensorSpec],
-    *,
-    train_rank: int | None,
-    update_clip_norm: float,
-    update_dtype: str,
-    sent_norms: list[float] | None = None,
-) -> Iterator[ClientDelta]:
-    """The cohort's uploads as the server decodes them (``expand_from_rank``, float64), one at a time;
-    each upload's global norm is appended to ``sent_norms`` when given."""
-    for c, client in enumerate(clients):
-        sent = client_update(
-            global_flat,
-            steps.parameters[c],
-            specs,
-            train_rank=train_rank,
-            update_clip_norm=update_clip_norm,
-            update_dtype=update_dtype,
-        )
-        if sent_norms is not None:
-            sent_norms.append(math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in sent.values())))
-        tensors = {k: np.asarray(v, dtype=np.float64) for k, v in sent.items()}
-        yield ClientDelta(expand_from_rank(tensors, specs), len(client.token_ids))

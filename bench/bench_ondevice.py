@@ -579,7 +579,7 @@ def upload_sizes(manifest: ArtifactManifest, adapter: Mapping[str, np.ndarray]) 
     for label, (dtype, rank) in variants.items():
         dp = DpConfig(CLIP_NORM, NOISE_MULTIPLIER, 0.05, 40, 0.1, train_rank=rank)
         round_config = bench_round_config(manifest.manifest_hash(), dp, update_dtype=dtype)
-        update = build_update(round_config, "bench-device-0001", adapter, local, 400, 1.23, 1e-5)
+        update = build_update(round_config, "bench-device-0001", adapter, local, 1.23, 1e-5)
         blob = encode_update(update)
         numel = sum(int(t.size) for t in update.tensors.values())
         sizes[label] = {

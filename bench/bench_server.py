@@ -133,7 +133,7 @@ def update_bodies(
     out = []
     for device_id, secret in devices:
         local = {s.name: (std * rng.standard_normal(s.shape)).astype(np.float32) for s in trainable}
-        update = build_update(round_config, device_id, zeros, local, 10, 1.0, 1e-5)
+        update = build_update(round_config, device_id, zeros, local, 1.0, 1e-5)
         body = encode_update(update)
         out.append((body, update_mac(body, secret), sha256_hex(body)))
     return out
@@ -616,6 +616,7 @@ def _service_config(scratch: Path, bundle: Path, classifier: Path, name: str, de
         bundle_dir=bundle,
         publish_dir=folder / "published",
         admin_token=ADMIN_TOKEN,
+        device_key=bytes(32),
         epsilon_budget=EPSILON_BUDGET,
         clients_per_round=devices_n,
         round_duration_s=ROUND_DURATION_S,

@@ -389,32 +389,41 @@ class LocalPrivacyLedger:
     def step_events(self) -> list[StepEvent]:
         return [StepEvent(s.sampling_rate, s.noise_multiplier) for s in self._steps.values()]
 
-    def epsilon(self, accountant: str = "pld") -> float:
-        """ε spent so far at this ledger's δ."""
-        return make_accountant(accountant).epsilon(self.step_events(), self.delta)
+    def _delta_or_default(self, delta: float | None) -> float:
+        return self.delta if delta is None else _check_delta(delta)
 
-    def projected_epsilon(self, extra: Sequence[StepEvent], accountant: str = "pld") -> float:
-        """ε after the recorded steps plus ``extra``."""
-        return make_accountant(accountant).epsilon([*self.step_events(), *extra], self.delta)
+    def epsilon(self, accountant: str = "pld", *, delta: float | None = None) -> float:
+        """ε spent so far at ``delta`` (default: this ledger's δ; a round passes its server-fixed ``local_delta``)."""
+        return make_accountant(accountant).epsilon(self.step_events(), self._delta_or_default(delta))
 
-    def check_budget(self, extra: Sequence[StepEvent], budget: float, accountant: str = "pld") -> float:
-        """Projected ε if within ``budget``; else PrivacyBudgetExceeded stating the numbers."""
+    def projected_epsilon(
+        self, extra: Sequence[StepEvent], accountant: str = "pld", *, delta: float | None = None
+    ) -> float:
+        """ε after the recorded steps plus ``extra``, at ``delta`` (default: this ledger's δ)."""
+        return make_accountant(accountant).epsilon([*self.step_events(), *extra], self._delta_or_default(delta))
+
+    def check_budget(
+        self, extra: Sequence[StepEvent], budget: float, accountant: str = "pld", *, delta: float | None = None
+    ) -> float:
+        """Projected ε at ``delta`` (default: this ledger's δ) if within ``budget``; else PrivacyBudgetExceeded
+        stating the numbers."""
         b = _as_number(budget)
         if b is None or b <= 0:
             raise ValueError(f"budget must be a finite number > 0, found {budget!r}")
+        at = self._delta_or_default(delta)
         acc = make_accountant(accountant)
-        projected = acc.epsilon([*self.step_events(), *extra], self.delta)
+        projected = acc.epsilon([*self.step_events(), *extra], at)
         if projected <= budget:
             return projected
-        spent = acc.epsilon(self.step_events(), self.delta)
-        planned = acc.epsilon(extra, self.delta)
+        spent = acc.epsilon(self.step_events(), at)
+        planned = acc.epsilon(extra, at)
         planned_steps = sum(e.count for e in extra)
         raise PrivacyBudgetExceeded(
             spent,
             planned,
             projected,
             budget,
-            f"local privacy budget exceeded ({accountant}, δ={self.delta:g}): spent ε={spent:.4f} over "
+            f"local privacy budget exceeded ({accountant}, δ={at:g}): spent ε={spent:.4f} over "
             f"{len(self._steps)} recorded steps; the {planned_steps} planned steps cost ε={planned:.4f} on their own "
             f"and would bring the total to ε={projected:.4f} > budget ε={budget:.4f}",
         )

@@ -56,7 +56,15 @@ _PATH_RE = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$")
 _NONCE_RE = re.compile(r"^[0-9a-f]{32,128}$")
 _TIMESTAMP_RE = re.compile(r"^(0|[1-9][0-9]{0,11})$")  # canonical decimal, no sign, no leading zeros
 _SIGNATURE_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_PATH_CHARS = 2048
+MAX_TIMESTAMP = 10**12 - 1  # what _TIMESTAMP_RE admits: 12 digits
 _DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")  # same rule as protocol device ids
+
+
+def _shown(value: object) -> str:
+    """``repr`` of a request value for an error message, cut to 80 characters (values can be long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 class AuthError(Exception):
@@ -130,14 +138,17 @@ def _check_secret(secret: bytes) -> None:
 
 def _signing_problem(method: str, path: str, timestamp: object, nonce: str) -> str | None:
     """Why these request fields cannot be signed or verified, or None when they are well-formed."""
-    if not isinstance(method, str) or not _METHOD_RE.match(method):
-        return f"method must be an upper-case HTTP token, found {method!r}"
-    if not isinstance(path, str) or not _PATH_RE.match(path):
-        return f"path must be an absolute path without query string or fragment, found {path!r}"
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
-        return f"timestamp must be a non-negative int of Unix seconds, found {timestamp!r}"
-    if not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
-        return f"nonce must be 32-128 lowercase hex characters, found {nonce!r}"
+    if not isinstance(method, str) or not _METHOD_RE.fullmatch(method):
+        return f"method must be an upper-case HTTP token, found {_shown(method)}"
+    if not isinstance(path, str) or len(path) > MAX_PATH_CHARS or not _PATH_RE.fullmatch(path):
+        return (
+            f"path must be an absolute path of at most {MAX_PATH_CHARS} characters without query string "
+            f"or fragment, found {_shown(path)}"
+        )
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or not 0 <= timestamp <= MAX_TIMESTAMP:
+        return f"timestamp must be an int of Unix seconds in 0..{MAX_TIMESTAMP}, found {_shown(timestamp)}"
+    if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
+        return f"nonce must be 32-128 lowercase hex characters, found {_shown(nonce)}"
     return None
 
 
@@ -170,7 +181,7 @@ def new_nonce() -> str:
 
 def validate_device_id(device_id: str) -> str:
     """``device_id`` if it is a valid device id (same rule as ``ondevice.protocol``), else ``ValueError``."""
-    if not isinstance(device_id, str) or not _DEVICE_RE.match(device_id):
+    if not isinstance(device_id, str) or not _DEVICE_RE.fullmatch(device_id):
         raise ValueError(f"device_id must match {_DEVICE_RE.pattern}, found {device_id!r}")
     return device_id
 
@@ -199,14 +210,18 @@ def signed_headers(
 
 def parse_auth_headers(headers: HeaderItems) -> AuthHeaders:
     """Read the four headers (case-insensitive); ``AuthError(malformed)`` if one is missing,
-    repeated or not in its canonical form. The server calls this first to learn the device id."""
+    repeated or not in its canonical form (each is ASCII with a fixed pattern and length, so a
+    non-ASCII or over-long value is refused here, before any comparison). The server calls this
+    first to learn the device id."""
     wanted = {name.lower(): name for name in AUTH_HEADERS}
     found: dict[str, str] = {}
     for raw_name, value in headers.items():
-        name = raw_name.lower()
+        name = raw_name.lower() if isinstance(raw_name, str) else ""
         if name in wanted:
             if name in found:
                 raise AuthError(RejectionReason.MALFORMED, f"header {wanted[name]} appears more than once")
+            if not isinstance(value, str):
+                raise AuthError(RejectionReason.MALFORMED, f"header {wanted[name]} must be text")
             found[name] = value
     missing = [wanted[name] for name in wanted if name not in found]
     if missing:
@@ -215,15 +230,19 @@ def parse_auth_headers(headers: HeaderItems) -> AuthHeaders:
     timestamp = found[HEADER_TIMESTAMP.lower()]
     nonce = found[HEADER_NONCE.lower()]
     signature = found[HEADER_SIGNATURE.lower()]
-    if not _DEVICE_RE.match(device_id):
-        raise AuthError(RejectionReason.MALFORMED, f"{HEADER_DEVICE} is not a valid device id, found {device_id!r}")
-    if not _TIMESTAMP_RE.match(timestamp):
+    if not _DEVICE_RE.fullmatch(device_id):
         raise AuthError(
-            RejectionReason.MALFORMED, f"{HEADER_TIMESTAMP} must be integer Unix seconds, found {timestamp!r}"
+            RejectionReason.MALFORMED, f"{HEADER_DEVICE} is not a valid device id, found {_shown(device_id)}"
         )
-    if not _NONCE_RE.match(nonce):
-        raise AuthError(RejectionReason.MALFORMED, f"{HEADER_NONCE} must be 32-128 lowercase hex, found {nonce!r}")
-    if not _SIGNATURE_RE.match(signature):
+    if not _TIMESTAMP_RE.fullmatch(timestamp):
+        raise AuthError(
+            RejectionReason.MALFORMED, f"{HEADER_TIMESTAMP} must be integer Unix seconds, found {_shown(timestamp)}"
+        )
+    if not _NONCE_RE.fullmatch(nonce):
+        raise AuthError(
+            RejectionReason.MALFORMED, f"{HEADER_NONCE} must be 32-128 lowercase hex, found {_shown(nonce)}"
+        )
+    if not _SIGNATURE_RE.fullmatch(signature):
         raise AuthError(RejectionReason.MALFORMED, f"{HEADER_SIGNATURE} must be 64 lowercase hex characters")
     return AuthHeaders(device_id=device_id, timestamp=int(timestamp), nonce=nonce, signature=signature)
 

@@ -49,7 +49,6 @@ def prepare_update(
         device_id,
         global_params,
         result.parameters,
-        num_examples=trainer.num_examples,
         local_epsilon=result.local_epsilon,
         local_delta=result.local_delta,
     )

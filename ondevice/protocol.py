@@ -25,11 +25,29 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-PROTOCOL_VERSION = 1
-"""Bumped on any incompatible change to a type below or to the update encoding."""
+PROTOCOL_VERSION = 2
+"""Bumped on any incompatible change to a type below or to the update encoding.
+
+2: ``AdapterUpdate`` no longer carries ``num_examples`` (the device's example count left it in clear)."""
 
 MAX_UPDATE_BYTES = 64 * 1024 * 1024
 """Hard cap on an encoded ``AdapterUpdate`` (the LoRA r8 adapter is ~0.3 MB in fp32)."""
+
+# Caps on an update's safetensors header, from the real sizes: the exported bundle's update (MiniLM-L6,
+# LoRA r8 on query/value + the head: 26 tensors) has a ~3.5 KB header whose metadata string is ~0.6 KB;
+# a 98-tensor adapter (12 layers x 4 targets) with 128-character ids still has only a 12 KB header and
+# 0.75 KB of metadata. The caps leave >5x headroom over that and bound what a device can make the server parse.
+MAX_UPDATE_HEADER_BYTES = 64 * 1024
+"""Largest safetensors JSON header ``decode_update`` parses (the 8-byte length prefix is checked first)."""
+MAX_UPDATE_METADATA_BYTES = 4 * 1024
+"""Largest ``privtune`` metadata string (the update's JSON fields) inside that header."""
+MAX_UPDATE_TENSORS = 512
+"""Most tensors one update may hold."""
+MAX_TENSOR_DIMS = 8
+"""Most dimensions one update tensor may have."""
+MAX_TENSOR_NAME_CHARS = 256
+INT64_MAX = 2**63 - 1
+"""Every int in the contracts fits a signed 64-bit integer (the JVM side's ``long``)."""
 
 SUPPORTED_TENSOR_DTYPES = ("float32", "float16")
 FILE_BACKENDS = ("ort", "executorch", "tokenizer", "common")
@@ -37,11 +55,18 @@ OPTIMIZERS = ("sgd", "adamw")
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_NONCE_RE = re.compile(r"^[0-9a-f]{32,128}$")
+_MAC_RE = re.compile(r"^[0-9a-f]{64}$")
+_TENSOR_NAME_RE = re.compile(rf"^[A-Za-z0-9_.:/-]{{1,{MAX_TENSOR_NAME_CHARS}}}$")
 _METADATA_KEY = "privtune"
-
-
-class ProtocolError(ValueError):
-    """A contract value is malformed; the message names the field and the value found."""
+_SAFETENSORS_METADATA = "__metadata__"
+_INT64_DIGITS = len(str(INT64_MAX))
+# safetensors dtype codes and their item sizes (all that the format defines; only F32/F16 are accepted)
+_SAFETENSORS_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+_NUMPY_DTYPES: dict[str, np.dtype[Any]] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2")}
 
 
 class RejectionReason(StrEnum):
@@ -67,6 +92,19 @@ class RejectionReason(StrEnum):
     DUPLICATE_CONFLICT = "duplicate_conflict"
 
 
+class ProtocolError(ValueError):
+    """A contract value is malformed; the message names the field and the value found.
+
+    ``reason`` is the rejection code an aggregator answers with when the value came from a device
+    (``malformed`` unless a more precise code applies: ``unsupported_version``, ``wrong_dtype``,
+    ``non_finite``, ``too_large``).
+    """
+
+    def __init__(self, message: str, *, reason: RejectionReason = RejectionReason.MALFORMED) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 # --------------------------------------------------------------------------- validators
 
 
@@ -74,11 +112,13 @@ def _fail(owner: str, name: str, message: str, value: object) -> ProtocolError:
     return ProtocolError(f"{owner}.{name} {message}, found {value!r}")
 
 
-def _require_int(owner: str, name: str, value: object, *, minimum: int) -> None:
+def _require_int(owner: str, name: str, value: object, *, minimum: int, maximum: int = INT64_MAX) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(owner, name, "must be an int", value)
     if value < minimum:
         raise _fail(owner, name, f"must be >= {minimum}", value)
+    if value > maximum:
+        raise _fail(owner, name, f"must be <= {maximum}", value)
 
 
 def _require_float(
@@ -92,6 +132,8 @@ def _require_float(
 ) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(owner, name, "must be a number", value)
+    if isinstance(value, int) and not -INT64_MAX <= value <= INT64_MAX:
+        raise _fail(owner, name, "must be a number within the signed 64-bit range", value)
     if not math.isfinite(value):
         raise _fail(owner, name, "must be finite", value)
     if low is not None and (value <= low if low_open else value < low):
@@ -103,12 +145,12 @@ def _require_float(
 def _require_str(owner: str, name: str, value: object, *, pattern: re.Pattern[str] | None = None) -> None:
     if not isinstance(value, str) or not value:
         raise _fail(owner, name, "must be a non-empty string", value)
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not pattern.fullmatch(value):
         raise _fail(owner, name, f"must match {pattern.pattern}", value)
 
 
 def _require_sha256(owner: str, name: str, value: object) -> None:
-    if not isinstance(value, str) or not _SHA256_RE.match(value):
+    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value):
         raise _fail(owner, name, "must be a lowercase hex sha256 (64 characters)", value)
 
 
@@ -156,12 +198,50 @@ def canonical_json(data: Mapping[str, Any]) -> str:
 
 
 def _parse_json(text: str | bytes, owner: str) -> Any:
+    """Strict JSON: no NaN/Infinity or float overflow, ints within signed 64 bits (checked on the digits,
+    before Python converts them), no repeated key in an object; ``ProtocolError`` for anything else
+    that does not parse (bad UTF-8, nesting deep enough to exhaust the parser's recursion)."""
+
     def refuse_constant(name: str) -> None:
         raise ProtocolError(f"{owner} JSON holds the non-finite number {name}")
 
+    def bounded_int(digits: str) -> int:
+        if len(digits.lstrip("-")) > _INT64_DIGITS:
+            raise ProtocolError(
+                f"{owner} JSON holds an integer of {len(digits)} characters, over the signed 64-bit range"
+            )
+        value = int(digits)
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ProtocolError(f"{owner} JSON holds the integer {value}, outside the signed 64-bit range")
+        return value
+
+    def finite_float(digits: str) -> float:
+        value = float(digits)
+        if not math.isfinite(value):
+            raise ProtocolError(f"{owner} JSON holds a number that overflows a float: {digits[:40]!r}")
+        return value
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ProtocolError(f"{owner} JSON repeats the key {key[:80]!r} in one object")
+            out[key] = value
+        return out
+
     try:
-        return json.loads(text, parse_constant=refuse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        return json.loads(
+            text,
+            parse_constant=refuse_constant,
+            parse_int=bounded_int,
+            parse_float=finite_float,
+            object_pairs_hook=unique_keys,
+        )
+    except RecursionError as exc:
+        raise ProtocolError(f"{owner} JSON is nested too deeply") from exc
+    except ProtocolError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError and int-conversion limits are ValueErrors
         raise ProtocolError(f"{owner} is not valid UTF-8 JSON: {exc}") from exc
 
 
@@ -510,13 +590,29 @@ def _tensor_dtype_name(array: np.ndarray) -> str:
     return str(array.dtype)
 
 
+_UPDATE_FIELDS = frozenset(
+    {
+        "protocol_version",
+        "round_id",
+        "device_id",
+        "manifest_hash",
+        "global_adapter_version",
+        "dp",
+        "local_epsilon",
+        "local_delta",
+        "nonce",
+    }
+)
+
+
 @dataclass(frozen=True)
 class AdapterUpdate:
     """A device's clipped adapter delta for one round, with the DP parameters it used.
 
     ``tensors`` maps trainable names to numpy arrays (float32 or float16, finite). Encoded
     as one safetensors blob whose header metadata carries the JSON fields; the HMAC over
-    the encoded bytes travels beside it (``update_mac``).
+    the encoded bytes travels beside it (``update_mac``). The device's example count is not
+    sent: the server's DP aggregation does not use it and it would leave the device in clear.
     """
 
     round_id: int
@@ -524,7 +620,6 @@ class AdapterUpdate:
     manifest_hash: str
     global_adapter_version: int
     tensors: Mapping[str, np.ndarray] = field(repr=False)
-    num_examples: int
     dp: DpConfig
     local_epsilon: float
     local_delta: float
@@ -537,27 +632,42 @@ class AdapterUpdate:
         _require_str("AdapterUpdate", "device_id", self.device_id, pattern=_ID_RE)
         _require_sha256("AdapterUpdate", "manifest_hash", self.manifest_hash)
         _require_int("AdapterUpdate", "global_adapter_version", self.global_adapter_version, minimum=0)
-        _require_int("AdapterUpdate", "num_examples", self.num_examples, minimum=0)
         if not isinstance(self.dp, DpConfig):
             raise _fail("AdapterUpdate", "dp", "must be a DpConfig", self.dp)
         _require_float("AdapterUpdate", "local_epsilon", self.local_epsilon, low=0.0)
         _require_float("AdapterUpdate", "local_delta", self.local_delta, low=0.0, high=1.0)
-        _require_str("AdapterUpdate", "nonce", self.nonce, pattern=re.compile(r"^[0-9a-f]{32,128}$"))
+        _require_str("AdapterUpdate", "nonce", self.nonce, pattern=_NONCE_RE)
+        self._check_tensors()
+
+    def _check_tensors(self) -> None:
         if not isinstance(self.tensors, Mapping) or not self.tensors:
             raise _fail("AdapterUpdate", "tensors", "must be a non-empty mapping name -> ndarray", type(self.tensors))
+        if len(self.tensors) > MAX_UPDATE_TENSORS:
+            raise _fail(
+                "AdapterUpdate", "tensors", f"must hold at most {MAX_UPDATE_TENSORS} tensors", len(self.tensors)
+            )
         dtypes = set()
         for name, array in self.tensors.items():
-            _require_str("AdapterUpdate", "tensors", name)
+            _require_str("AdapterUpdate", "tensors", name, pattern=_TENSOR_NAME_RE)
             if not isinstance(array, np.ndarray):
                 raise _fail("AdapterUpdate", "tensors", f"[{name!r}] must be a numpy array", type(array))
             if _tensor_dtype_name(array) not in SUPPORTED_TENSOR_DTYPES:
-                raise _fail(
-                    "AdapterUpdate", "tensors", f"[{name!r}] dtype must be float32 or float16", str(array.dtype)
+                raise ProtocolError(
+                    f"AdapterUpdate.tensors[{name!r}] dtype must be float32 or float16, found {str(array.dtype)!r}",
+                    reason=RejectionReason.WRONG_DTYPE,
                 )
-            if array.ndim == 0:
-                raise _fail("AdapterUpdate", "tensors", f"[{name!r}] must have at least one dimension", array.shape)
+            if not 1 <= array.ndim <= MAX_TENSOR_DIMS:
+                raise _fail(
+                    "AdapterUpdate",
+                    "tensors",
+                    f"[{name!r}] must have at least one dimension and at most {MAX_TENSOR_DIMS}",
+                    array.shape,
+                )
             if not np.all(np.isfinite(array)):
-                raise _fail("AdapterUpdate", "tensors", f"[{name!r}] must be finite", "NaN or inf")
+                raise ProtocolError(
+                    f"AdapterUpdate.tensors[{name!r}] must be finite, found NaN or inf",
+                    reason=RejectionReason.NON_FINITE,
+                )
             dtypes.add(_tensor_dtype_name(array))
         if len(dtypes) != 1:
             raise _fail("AdapterUpdate", "tensors", "must all share one dtype", sorted(dtypes))
@@ -577,7 +687,6 @@ class AdapterUpdate:
             "device_id": self.device_id,
             "manifest_hash": self.manifest_hash,
             "global_adapter_version": self.global_adapter_version,
-            "num_examples": self.num_examples,
             "dp": self.dp.to_dict(),
             "local_epsilon": self.local_epsilon,
             "local_delta": self.local_delta,
@@ -586,59 +695,183 @@ class AdapterUpdate:
 
 
 def encode_update(update: AdapterUpdate) -> bytes:
-    """Serialise to safetensors bytes; deterministic for equal updates."""
+    """Serialise to safetensors bytes; deterministic for equal updates.
+
+    ``ProtocolError`` if the result breaks a cap ``decode_update`` enforces (so a device never
+    stores an update the aggregator would refuse as malformed)."""
     arrays = {name: np.ascontiguousarray(a) for name, a in update.tensors.items()}
-    blob: bytes = safetensors.numpy.save(arrays, metadata={_METADATA_KEY: canonical_json(update.metadata_dict())})
+    metadata = canonical_json(update.metadata_dict())
+    if len(metadata) > MAX_UPDATE_METADATA_BYTES or not metadata.isascii():
+        raise ProtocolError(
+            f"AdapterUpdate metadata must be ASCII of at most {MAX_UPDATE_METADATA_BYTES} characters, "
+            f"found {len(metadata)} characters"
+        )
+    blob: bytes = safetensors.numpy.save(arrays, metadata={_METADATA_KEY: metadata})
     if len(blob) > MAX_UPDATE_BYTES:
         raise ProtocolError(f"encoded AdapterUpdate is {len(blob)} bytes, over the cap of {MAX_UPDATE_BYTES}")
+    (header_len,) = struct.unpack("<Q", blob[:8])
+    if header_len > MAX_UPDATE_HEADER_BYTES:
+        raise ProtocolError(
+            f"encoded AdapterUpdate has a {header_len}-byte header, over the cap of {MAX_UPDATE_HEADER_BYTES}"
+        )
     return blob
 
 
-def _read_safetensors_header(blob: bytes) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _TensorEntry:
+    """One tensor of a safetensors header, checked: name, dtype code, shape and byte range in the data."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def _read_safetensors_header(blob: bytes) -> tuple[dict[str, Any], int]:
+    """(the header JSON object, where the tensor data starts), with the header's length capped first."""
     if len(blob) < 8:
         raise ProtocolError(f"AdapterUpdate body is {len(blob)} bytes: too short for a safetensors header")
     (header_len,) = struct.unpack("<Q", blob[:8])
+    if header_len > MAX_UPDATE_HEADER_BYTES:
+        raise ProtocolError(
+            f"AdapterUpdate safetensors header claims {header_len} bytes, over the cap of {MAX_UPDATE_HEADER_BYTES}"
+        )
     if header_len > len(blob) - 8:
         raise ProtocolError(f"AdapterUpdate safetensors header claims {header_len} bytes, body has {len(blob) - 8}")
-    header = _parse_json(blob[8 : 8 + header_len], "AdapterUpdate safetensors header")
+    raw = blob[8 : 8 + header_len]
+    if not raw.isascii():
+        raise ProtocolError("AdapterUpdate safetensors header holds non-ASCII bytes (names and metadata are ASCII)")
+    header = _parse_json(raw, "AdapterUpdate safetensors header")
     if not isinstance(header, dict):
-        raise ProtocolError("AdapterUpdate safetensors header is not a JSON object")
-    return header
+        raise ProtocolError(f"AdapterUpdate safetensors header must be a JSON object, found {type(header).__name__}")
+    return header, 8 + header_len
+
+
+def _metadata_string(header: Mapping[str, Any]) -> str:
+    """The ``privtune`` string of the header's ``__metadata__``, the only entry allowed there."""
+    metadata = header.get(_SAFETENSORS_METADATA)
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(_METADATA_KEY), str):
+        raise ProtocolError(f"AdapterUpdate safetensors metadata lacks the {_METADATA_KEY!r} entry")
+    unknown = sorted(metadata.keys() - {_METADATA_KEY})
+    if unknown:
+        raise ProtocolError(f"AdapterUpdate safetensors metadata has unknown entries {[k[:40] for k in unknown[:3]]}")
+    text: str = metadata[_METADATA_KEY]
+    if len(text) > MAX_UPDATE_METADATA_BYTES:
+        raise ProtocolError(
+            f"AdapterUpdate metadata is {len(text)} characters, over the cap of {MAX_UPDATE_METADATA_BYTES}"
+        )
+    if not text.isascii():
+        raise ProtocolError("AdapterUpdate metadata holds non-ASCII characters (every field is ASCII)")
+    return text
+
+
+def _update_metadata(text: str) -> dict[str, Any]:
+    """The update's JSON fields: version first (an older device's update is ``unsupported_version``), then
+    exactly the known keys (an unknown or missing key is malformed)."""
+    meta = _parse_json(text, "AdapterUpdate metadata")
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"AdapterUpdate metadata must be a JSON object, found {type(meta).__name__}")
+    version = meta.get("protocol_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"AdapterUpdate.protocol_version {version!r} is not supported by this build (speaks {PROTOCOL_VERSION}); "
+            "update privtune on the older side",
+            reason=RejectionReason.UNSUPPORTED_VERSION,
+        )
+    _check_keys("AdapterUpdate metadata", meta, set(_UPDATE_FIELDS))
+    _require_version("AdapterUpdate", meta["protocol_version"])
+    return meta
+
+
+def _int_list(value: object, where: str, *, max_len: int) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > max_len:
+        raise ProtocolError(f"{where} must be a JSON array of at most {max_len} ints, found {str(value)[:80]}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise ProtocolError(f"{where} must hold ints >= 0, found {str(value)[:80]}")
+    return tuple(value)
+
+
+def _tensor_entry(name: str, entry: object) -> _TensorEntry:
+    where = f"AdapterUpdate safetensors tensor {name[:80]!r}"
+    if not _TENSOR_NAME_RE.fullmatch(name):
+        raise ProtocolError(f"{where}: the name must match {_TENSOR_NAME_RE.pattern}")
+    if not isinstance(entry, dict) or entry.keys() != {"dtype", "shape", "data_offsets"}:
+        raise ProtocolError(f"{where} must be an object with exactly dtype, shape and data_offsets")
+    dtype = entry["dtype"]
+    if not isinstance(dtype, str) or dtype not in _SAFETENSORS_ITEMSIZE:
+        raise ProtocolError(f"{where} has the unknown dtype {str(dtype)[:20]!r}")
+    shape = _int_list(entry["shape"], f"{where} shape", max_len=MAX_TENSOR_DIMS)
+    offsets = _int_list(entry["data_offsets"], f"{where} data_offsets", max_len=2)
+    if len(offsets) != 2 or offsets[0] > offsets[1]:
+        raise ProtocolError(f"{where} data_offsets must be [begin, end] with begin <= end, found {list(offsets)}")
+    return _TensorEntry(name, dtype, shape, offsets[0], offsets[1])
+
+
+def _tensor_layout(header: Mapping[str, Any], data_len: int) -> list[_TensorEntry]:
+    """The header's tensors in data order, after checking that their byte ranges tile the data exactly
+    (contiguous from 0, each as long as dtype x shape needs, the last ending at the end of the body)."""
+    names = [k for k in header if k != _SAFETENSORS_METADATA]
+    if not 1 <= len(names) <= MAX_UPDATE_TENSORS:
+        raise ProtocolError(f"AdapterUpdate must hold 1..{MAX_UPDATE_TENSORS} tensors, found {len(names)}")
+    entries = sorted((_tensor_entry(n, header[n]) for n in names), key=lambda e: (e.begin, e.end))
+    position = 0
+    for e in entries:
+        needed = math.prod(e.shape) * _SAFETENSORS_ITEMSIZE[e.dtype]
+        if e.begin != position:
+            raise ProtocolError(f"AdapterUpdate tensor {e.name!r} starts at byte {e.begin}, expected {position}")
+        if e.end - e.begin != needed:
+            raise ProtocolError(
+                f"AdapterUpdate tensor {e.name!r} spans {e.end - e.begin} bytes, its {e.dtype} shape "
+                f"{list(e.shape)} needs {needed}"
+            )
+        position = e.end
+    if position != data_len:
+        raise ProtocolError(f"AdapterUpdate tensors cover {position} bytes of data, the body has {data_len}")
+    return entries
+
+
+def _tensor_arrays(blob: bytes, data_start: int, entries: list[_TensorEntry]) -> dict[str, np.ndarray]:
+    """Copies of the tensors' bytes as float32/float16 arrays (``wrong_dtype`` for any other dtype)."""
+    view = memoryview(blob)
+    arrays: dict[str, np.ndarray] = {}
+    for e in entries:
+        dtype = _NUMPY_DTYPES.get(e.dtype)
+        if dtype is None:
+            raise ProtocolError(
+                f"AdapterUpdate tensor {e.name!r} has dtype {e.dtype}, not F32/F16 (float32/float16)",
+                reason=RejectionReason.WRONG_DTYPE,
+            )
+        count = (e.end - e.begin) // dtype.itemsize
+        flat = np.frombuffer(view, dtype=dtype, count=count, offset=data_start + e.begin)
+        arrays[e.name] = flat.astype(dtype.newbyteorder("="), copy=True).reshape(e.shape)
+    return arrays
 
 
 def decode_update(blob: bytes) -> AdapterUpdate:
-    """Parse and validate bytes from ``encode_update``; ``ProtocolError`` on anything malformed."""
+    """Parse and validate bytes from ``encode_update``; ``ProtocolError`` (with its ``reason``) on anything
+    malformed, and nothing else, whatever the bytes.
+
+    The safetensors header is parsed here, not by the safetensors library, so every bound is checked
+    before anything is allocated: the header length (``MAX_UPDATE_HEADER_BYTES``), strict JSON (no
+    repeated key, ints within 64 bits, no NaN/inf, bounded nesting), the metadata string's length
+    (``MAX_UPDATE_METADATA_BYTES``) and exact key set, the tensor count (``MAX_UPDATE_TENSORS``), and
+    byte ranges that tile the data exactly as dtype x shape requires.
+    """
     if not isinstance(blob, bytes | bytearray):
         raise ProtocolError(f"AdapterUpdate body must be bytes, found {type(blob).__name__}")
     if len(blob) > MAX_UPDATE_BYTES:
-        raise ProtocolError(f"AdapterUpdate body is {len(blob)} bytes, over the cap of {MAX_UPDATE_BYTES}")
-    header = _read_safetensors_header(bytes(blob))
-    metadata = header.get("__metadata__")
-    if not isinstance(metadata, dict) or not isinstance(metadata.get(_METADATA_KEY), str):
-        raise ProtocolError(f"AdapterUpdate safetensors metadata lacks the {_METADATA_KEY!r} entry")
-    meta = _parse_json(metadata[_METADATA_KEY], "AdapterUpdate metadata")
-    _check_keys(
-        "AdapterUpdate metadata",
-        meta,
-        {
-            "protocol_version",
-            "round_id",
-            "device_id",
-            "manifest_hash",
-            "global_adapter_version",
-            "num_examples",
-            "dp",
-            "local_epsilon",
-            "local_delta",
-            "nonce",
-        },
-    )
-    _require_version("AdapterUpdate", meta["protocol_version"])
-    try:
-        tensors = safetensors.numpy.load(bytes(blob))
-    except Exception as exc:  # safetensors raises its own SafetensorError / ValueError types
-        raise ProtocolError(f"AdapterUpdate tensors do not parse as safetensors: {exc}") from exc
-    return AdapterUpdate(**{**meta, "dp": DpConfig.from_dict(meta["dp"]), "tensors": tensors})
+        raise ProtocolError(
+            f"AdapterUpdate body is {len(blob)} bytes, over the cap of {MAX_UPDATE_BYTES}",
+            reason=RejectionReason.TOO_LARGE,
+        )
+    body = bytes(blob)
+    header, data_start = _read_safetensors_header(body)
+    meta = _update_metadata(_metadata_string(header))
+    entries = _tensor_layout(header, len(body) - data_start)
+    tensors = _tensor_arrays(body, data_start, entries)
+    fields = {k: v for k, v in meta.items() if k != "dp"}
+    return AdapterUpdate(**fields, dp=DpConfig.from_dict(meta["dp"]), tensors=tensors)
 
 
 def update_mac(body: bytes, secret: bytes) -> str:
@@ -648,8 +881,11 @@ def update_mac(body: bytes, secret: bytes) -> str:
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def verify_update_mac(body: bytes, secret: bytes, mac: str) -> bool:
-    """Constant-time check of ``update_mac``."""
+def verify_update_mac(body: bytes, secret: bytes, mac: object) -> bool:
+    """Constant-time check of ``update_mac``; False (never an exception) for a ``mac`` that is not
+    64 lowercase hex characters, e.g. a header value with non-ASCII characters."""
+    if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
+        return False
     return hmac.compare_digest(update_mac(body, secret), mac)
 
 

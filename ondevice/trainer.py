@@ -20,7 +20,9 @@ Steps re-run after a crash draw fresh randomness; their first results never left
 and the ledger keys (round, step) keep them counted once.
 
 Before the first step the trainer refuses a round whose steps would take the device's
-example-level ε past min(device budget, round's ``local_epsilon_budget``).
+example-level ε past min(device budget, round's ``local_epsilon_budget``). Both that check and
+the ε the round reports are at the round's server-fixed ``dp.local_delta`` (as the Android
+device does), not at the ledger's default δ.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ondevice.accounting import LocalPrivacyLedger, StepEvent
 from ondevice.bundle import verify_bundle
 from ondevice.checkpoint import latest_checkpoint, write_checkpoint
 from ondevice.data import LabelledTexts
-from ondevice.protocol import ArtifactManifest, RoundConfig
+from ondevice.protocol import ArtifactManifest, DpConfig, RoundConfig
 from ondevice.randomness import RandomSource, SecureRandomSource, gaussian_noise
 from ondevice.sampling import poisson_sample
 from ondevice.seed_methods import (
@@ -92,6 +94,18 @@ def check_round_config(round_config: RoundConfig, manifest: ArtifactManifest, *,
         raise RoundConfigError(f"round {round_config.round_id}: {exc}") from exc
     if (now if now is not None else time.time()) > round_config.deadline_unix:
         raise RoundConfigError(f"round {round_config.round_id} closed at {round_config.deadline_unix:.0f} (unix)")
+
+
+def check_round_budget(
+    ledger: LocalPrivacyLedger, dp: DpConfig, already_recorded: int, device_epsilon_budget: float = math.inf
+) -> None:
+    """``PrivacyBudgetExceeded`` if the round's steps not yet recorded would take the ledger's ε, at the
+    round's server-fixed ``local_delta``, past min(device budget, the round's ``local_epsilon_budget``)."""
+    budget = min(device_epsilon_budget, dp.local_epsilon_budget)
+    remaining = dp.local_steps - already_recorded
+    if remaining > 0:
+        step = StepEvent(dp.sampling_rate, dp.noise_multiplier, remaining)
+        ledger.check_budget([step], budget, delta=dp.local_delta)
 
 
 class LocalTrainer:
@@ -149,7 +163,8 @@ class LocalTrainer:
         checkpoint_every: int = 1,
     ) -> LocalTrainer:
         """Verify the bundle (every file's sha256) and open the device's ledger under ``state_dir``;
-        noise and sampling come from the OS CSPRNG unless a source is given."""
+        noise and sampling come from the OS CSPRNG unless a source is given. ``delta`` is the ledger's
+        default δ for its reports; each round is accounted at the round's own ``dp.local_delta``."""
         manifest = verify_bundle(bundle_dir)
         ledger = LocalPrivacyLedger(Path(state_dir) / LEDGER_FILE, delta=delta)
         return cls(
@@ -193,11 +208,7 @@ class LocalTrainer:
         return self.random_source(round_id, step)
 
     def _check_budget(self, round_config: RoundConfig, already_recorded: int) -> None:
-        dp = round_config.dp
-        budget = min(self.device_epsilon_budget, dp.local_epsilon_budget)
-        remaining = dp.local_steps - already_recorded
-        if remaining > 0:
-            self.ledger.check_budget([StepEvent(dp.sampling_rate, dp.noise_multiplier, remaining)], budget)
+        check_round_budget(self.ledger, round_config.dp, already_recorded, self.device_epsilon_budget)
 
     def run_round(
         self,
@@ -278,7 +289,7 @@ class LocalTrainer:
             steps=dp.local_steps,
             resumed_from_step=start,
             step_stats=tuple(stats),
-            local_epsilon=self.ledger.epsilon("pld"),
-            local_epsilon_rdp=self.ledger.epsilon("rdp"),
-            local_delta=self.ledger.delta,
+            local_epsilon=self.ledger.epsilon("pld", delta=dp.local_delta),
+            local_epsilon_rdp=self.ledger.epsilon("rdp", delta=dp.local_delta),
+            local_delta=dp.local_delta,
         )

@@ -21,10 +21,11 @@ URL_OPTION = typer.Option("--url", help="The aggregator's base URL.")
 TOKEN_OPTION = typer.Option("--admin-token-file", help="File holding the admin token (or set PRIVTUNE_ADMIN_TOKEN).")
 
 
-def _default_token_file(db_url: str) -> Path:
+def _default_token_file(db_url: str, name: str = "admin-token") -> Path:
+    """``name`` beside a SQLite database (else in the working folder)."""
     if db_url.startswith("sqlite:///"):
-        return Path(db_url.removeprefix("sqlite:///")).resolve().parent / "admin-token"
-    return Path("admin-token")
+        return Path(db_url.removeprefix("sqlite:///")).resolve().parent / name
+    return Path(name)
 
 
 def read_admin_token(path: Path | None) -> str:
@@ -106,8 +107,17 @@ def register(app: typer.Typer) -> None:
         ] = "amplified",
         round_duration: Annotated[float, typer.Option("--round-duration", help="Seconds a round stays open.")] = 600.0,
         target_updates: Annotated[
-            int | None, typer.Option("--target-updates", help="Close a round early at this many updates.")
+            int | None,
+            typer.Option(
+                "--target-updates", help="Close a round early at this many updates (only without noise, z = 0)."
+            ),
         ] = None,
+        update_retention: Annotated[
+            float,
+            typer.Option(
+                "--update-retention", help="Seconds an update's body is kept after its round is published (0: drop)."
+            ),
+        ] = 0.0,
         adaptive_quantile: Annotated[
             float | None,
             typer.Option("--adaptive-quantile", help="Adaptive clipping: S tracks this quantile of update norms."),
@@ -141,13 +151,31 @@ def register(app: typer.Typer) -> None:
         ] = None,
         host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port")] = 8700,
+        ssl_certfile: Annotated[
+            Path | None, typer.Option("--ssl-certfile", help="TLS certificate (PEM); with --ssl-keyfile.")
+        ] = None,
+        ssl_keyfile: Annotated[Path | None, typer.Option("--ssl-keyfile", help="TLS private key (PEM).")] = None,
+        insecure: Annotated[
+            bool, typer.Option("--insecure", help="Allow plain HTTP on a non-loopback --host (private networks only).")
+        ] = False,
         admin_token_file: Annotated[Path | None, TOKEN_OPTION] = None,
+        device_key_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--device-key-file",
+                help="Key sealing device secrets at rest (made 0600 beside the database; or PRIVTUNE_DEVICE_KEY).",
+            ),
+        ] = None,
     ) -> None:
-        """Run the aggregator (SQLite WAL by default); finishes any round a crash left half-closed."""
+        """Run the aggregator (SQLite WAL by default); finishes any round a crash left half-closed.
+
+        Plain HTTP is served on loopback only; elsewhere pass --ssl-certfile/--ssl-keyfile (or --insecure)."""
         from ondevice.bundle import BundleError
         from server_aggregator.config import ServerConfig
+        from server_aggregator.db import DatabaseError
         from server_aggregator.publish import PublishError
-        from server_aggregator.server import load_or_create_admin_token
+        from server_aggregator.sealing import load_or_create_key
+        from server_aggregator.server import Transport, load_or_create_admin_token
         from server_aggregator.server import serve as run
         from server_aggregator.service import ServiceError
 
@@ -171,13 +199,20 @@ def register(app: typer.Typer) -> None:
                 learning_rate=local_learning_rate,
                 local_epsilon_budget=local_epsilon_budget,
             )
+            transport = Transport(
+                host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, insecure=insecure
+            )
             token, created = load_or_create_admin_token(token_path)
+            key_path = device_key_file or _default_token_file(db, "device-key")
+            device_key, key_created = load_or_create_key(key_path)
             config = ServerConfig(
                 db_url=db,
                 adapter_dir=adapter,
                 bundle_dir=bundle,
                 publish_dir=publish_dir,
                 admin_token=token,
+                device_key=device_key,
+                update_retention_s=update_retention,
                 epsilon_budget=epsilon_budget,
                 delta=delta,
                 clients_per_round=clients_per_round,
@@ -193,8 +228,10 @@ def register(app: typer.Typer) -> None:
             )
             if created:
                 console.print(f"admin token written to {token_path} (mode 0600)")
-            run(config, host=host, port=port)
-        except (ValueError, BundleError, PublishError, ServiceError) as exc:
+            if key_created:
+                console.print(f"device key written to {key_path} (mode 0600); back it up with the database")
+            run(config, transport)
+        except (ValueError, BundleError, PublishError, ServiceError, DatabaseError) as exc:
             console.print(f"[red]privtune serve: {exc}[/]")
             raise typer.Exit(code=2) from exc
 

@@ -58,10 +58,12 @@ def _non_negative(owner: str, name: str, x: object) -> float:
 
 @dataclass(frozen=True)
 class ClientDelta:
-    """One client's model delta (trainable name → array, float16/32/64) and its example count."""
+    """One client's model delta (trainable name → array, float16/32/64).
+
+    No example count: devices do not send one (it would leave the device in clear), and neither
+    aggregation rule here weights by it."""
 
     tensors: Mapping[str, np.ndarray] = field(repr=False)
-    num_examples: int
 
     def __post_init__(self) -> None:
         if not isinstance(self.tensors, Mapping) or not self.tensors:
@@ -71,9 +73,6 @@ class ClientDelta:
                 raise ValueError(f"ClientDelta.tensors must map str to numpy arrays, found {name!r}: {type(value)}")
             if not np.issubdtype(value.dtype, np.floating):
                 raise ValueError(f"ClientDelta tensor {name!r} must be floating point, found dtype {value.dtype}")
-        n = self.num_examples
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-            raise ValueError(f"ClientDelta.num_examples must be an int >= 0, found {n!r}")
 
 
 def tensor_shapes(tensors: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -151,10 +150,13 @@ class Strategy(Protocol):
 
 @dataclass(frozen=True)
 class FedAvg:
-    """Plain FedAvg (McMahan et al. 2017): the example-count-weighted mean of the client deltas. No privacy."""
+    """Plain FedAvg, unweighted: the mean of the client deltas. No privacy.
+
+    McMahan et al. 2017 weight each client by its example count n_i; devices no longer send n_i
+    (it is private), so every client weighs the same (the DP wrappers below use the unweighted sum too)."""
 
     def aggregate(self, updates: Sequence[ClientDelta]) -> dict[str, np.ndarray]:
-        """Σ n_i·Δ_i / Σ n_i per tensor, float64; every update must share the first one's keys and shapes."""
+        """Σ Δ_i / k per tensor, float64, for k updates; every update must share the first one's keys and shapes."""
         if not updates:
             raise ValueError("FedAvg needs at least one update, found 0")
         first = updates[0]
@@ -162,14 +164,10 @@ class FedAvg:
             raise ValueError(f"update 0 must be a ClientDelta, found {type(first).__name__}")
         shapes = tensor_shapes(first.tensors)
         _check_updates(updates, shapes)
-        total = sum(int(u.num_examples) for u in updates)
-        if total == 0:
-            raise ValueError("FedAvg needs a positive total num_examples, found 0")
-        weights = [int(u.num_examples) / total for u in updates]
-        return self._combine(updates, shapes, weights)
+        return self._combine(updates, shapes, [1.0 / len(updates)] * len(updates))
 
     def unweighted_sum(self, updates: Sequence[ClientDelta], shapes: Shapes) -> dict[str, np.ndarray]:
-        """Σ Δ_i per tensor, float64, ignoring num_examples; zero updates → zeros of ``shapes``."""
+        """Σ Δ_i per tensor, float64; zero updates → zeros of ``shapes``."""
         shapes = _normalise_shapes(shapes)
         _check_updates(updates, shapes)
         return self._combine(updates, shapes, [1.0] * len(updates))
@@ -254,7 +252,7 @@ def _clipped_noised_mean(
     for index, update in enumerate(updates):
         _check_updates([update], shapes, start=index)
         tensors, norm = clip_to_norm(update.tensors, clip_norm)
-        strategy.add_inplace(total, tensors)  # unit weight: see DpFixedClipping on num_examples
+        strategy.add_inplace(total, tensors)  # unit weight: see DpFixedClipping on why the sum is unweighted
         norms.append(norm)
     noise = _gaussian_like(shapes, noise_multiplier * clip_norm, source)
     mean = {name: ((total[name] + noise[name]) / expected_clients).astype(np.float32) for name in shapes}
@@ -285,12 +283,13 @@ class DpFixedClipping:
     mechanism with multiplier z; with Poisson client sampling at rate q the ledger records
     PoissonSampled(Gaussian(z)). Everything after the noise is post-processing.
 
-    Why the wrapper ignores ``num_examples``: a weighted mean Σ n_i·Δ_i / Σ n_i has no useful
+    Why the sum is unweighted: a mean weighted by example counts Σ n_i·Δ_i / Σ n_i has no useful
     bound on one client's influence — a client reporting a huge n_i (or the only client in a
     round) moves it by up to S, not S/(q·N), and the weights and their data-dependent
-    denominator are themselves private. The unweighted sum has sensitivity exactly S. (Flower's
-    wrapper feeds clipped results to the wrapped FedAvg, which still weights by num_examples;
-    here the wrapped FedAvg is asked for its unweighted sum.)
+    denominator are themselves private (which is why devices do not send n_i at all). The
+    unweighted sum has sensitivity exactly S. (Flower's wrapper feeds clipped results to the
+    wrapped FedAvg, which weights by num_examples; here the wrapped FedAvg is asked for its
+    unweighted sum.)
 
     Why q·N and not the number received: dividing by the realised count would release that count
     without noise (and make the sensitivity depend on it). Zero updates are a valid round: the

@@ -24,6 +24,13 @@ DEFAULT_LOCAL_DP = DpConfig(
 """Local DP-SGD parameters sent to devices unless the operator overrides them."""
 
 
+TARGET_UPDATES_UNDER_DP = (
+    "target_updates (closing a round at K updates) is refused with noise on: the cohort is then not "
+    "Poisson-sampled and replace-one sensitivity is 2S, so the ledger's PoissonSampled(q, Gaussian(z)) "
+    "would overstate the privacy; close rounds by deadline instead (or run without noise, z = 0)"
+)
+
+
 def _positive(name: str, value: float, *, allow_inf: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"{name} must be a number > 0, found {value!r}")
@@ -46,6 +53,13 @@ class ServerConfig:
     update norms, starting at ``adaptive_clipping.initial_clip_norm``; the noised unclipped count
     is a second Gaussian release, paid for inside the same z (the update sum gets z_Δ > z), so the
     ledger still records one Gaussian(z) per round.
+
+    ``device_key`` (32 bytes, kept outside the database) seals the devices' signing secrets at
+    rest. ``target_updates`` (close a round at K updates) is refused with noise on: stopping at K
+    is not Poisson sampling and doubles the replace-one sensitivity, so the ledger's
+    PoissonSampled(q, Gaussian(z)) entry would overstate the privacy. ``update_retention_s``: an
+    update's body is emptied this long after its round is published (its digest stays, so a retry
+    still gets its receipt).
     """
 
     db_url: str
@@ -53,6 +67,7 @@ class ServerConfig:
     bundle_dir: Path
     publish_dir: Path
     admin_token: str
+    device_key: bytes
     epsilon_budget: float = 8.0
     delta: float = 1e-6
     clients_per_round: int = 10
@@ -69,6 +84,7 @@ class ServerConfig:
     norm_slack: float = 1e-4
     close_poll_s: float = 1.0
     adaptive_clipping: AdaptiveClipping | None = None
+    update_retention_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.db_url, str) or "://" not in self.db_url:
@@ -78,6 +94,10 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a pathlib.Path, found {getattr(self, name)!r}")
         if not isinstance(self.admin_token, str) or len(self.admin_token) < 16:
             raise ValueError("admin_token must be a string of at least 16 characters (use `secrets.token_hex(16)`)")
+        if not isinstance(self.device_key, bytes) or len(self.device_key) != 32:
+            raise ValueError(
+                "device_key must be 32 bytes (`secrets.token_bytes(32)`; privtune serve keeps it in a file)"
+            )
         _positive("epsilon_budget", self.epsilon_budget)
         if not (isinstance(self.delta, float) and 0 < self.delta <= 0.1):
             raise ValueError(f"delta must be a float in (0, 0.1], found {self.delta!r}")
@@ -100,6 +120,8 @@ class ServerConfig:
             isinstance(self.target_updates, bool) or not isinstance(self.target_updates, int) or self.target_updates < 1
         ):
             raise ValueError(f"target_updates must be None or an int >= 1, found {self.target_updates!r}")
+        if self.target_updates is not None and self.noise_multiplier > 0:
+            raise ValueError(TARGET_UPDATES_UNDER_DP)
         if not isinstance(self.local_dp, DpConfig):
             raise ValueError(f"local_dp must be a DpConfig, found {self.local_dp!r}")
         if isinstance(self.max_body_bytes, bool) or not isinstance(self.max_body_bytes, int):
@@ -110,6 +132,10 @@ class ServerConfig:
         if not (isinstance(self.norm_slack, float) and 0 <= self.norm_slack <= 1e-2):
             raise ValueError(f"norm_slack must be a float in [0, 0.01], found {self.norm_slack!r}")
         _positive("close_poll_s", self.close_poll_s)
+        if isinstance(self.update_retention_s, bool) or not isinstance(self.update_retention_s, int | float):
+            raise ValueError(f"update_retention_s must be a number >= 0, found {self.update_retention_s!r}")
+        if not (self.update_retention_s >= 0 and math.isfinite(self.update_retention_s)):
+            raise ValueError(f"update_retention_s must be a finite number >= 0, found {self.update_retention_s!r}")
         if self.adaptive_clipping is not None:
             if not isinstance(self.adaptive_clipping, AdaptiveClipping):
                 raise ValueError(f"adaptive_clipping must be an AdaptiveClipping, found {self.adaptive_clipping!r}")

@@ -36,7 +36,25 @@ CLASSIFIER_FILE = "classifier.json"
 VERSION_FILE = "version.json"
 PEFT_PREFIX = "base_model.model."
 HEAD_PREFIX = "head."
-_TEMPLATE_SKIP = {ADAPTER_FILE, HEAD_FILE, VERSION_FILE, "README.md"}
+CARD_FILE = "card.json"
+_TEMPLATE_SKIP = {ADAPTER_FILE, HEAD_FILE, VERSION_FILE, CARD_FILE, "README.md"}
+_PUBLIC_CARD_KEYS = ("format", "format_version", "model", "description", "privacy")
+PUBLIC_CARD_NOTE = (
+    "Published copy: only what the DP releases cover is kept (the privacy ledger and this model's metrics on "
+    "the public test split). The seed set's size, its label counts, validation metrics, settings and "
+    "baselines are left out. The ledger's sampling rates q = B/n imply the seed-set size n; that size is "
+    "treated as public (add/remove accounting) and is not covered by ε."
+)
+
+
+def public_card(card: Mapping[str, object]) -> dict[str, object]:
+    """The part of a model card that may leave the server with every published version."""
+    public: dict[str, object] = {key: card[key] for key in _PUBLIC_CARD_KEYS if key in card}
+    metrics = card.get("metrics")
+    if isinstance(metrics, Mapping) and "real_test" in metrics:
+        public["metrics"] = {"real_test": metrics["real_test"]}
+    public["published_note"] = PUBLIC_CARD_NOTE
+    return public
 
 
 class PublishError(RuntimeError):
@@ -141,6 +159,28 @@ class Publisher:
     def base_params(self) -> dict[str, np.ndarray]:
         return self.read_params(self.base_dir)
 
+    def remove_partials(self) -> list[Path]:
+        """Delete staging folders a crash mid-publish left behind (``.v000003.partial-…``); the removed paths."""
+        if not self.publish_dir.is_dir():
+            return []
+        removed = [p for p in self.publish_dir.iterdir() if p.is_dir() and ".partial-" in p.name]
+        for path in removed:
+            shutil.rmtree(path)
+        return removed
+
+    def file_hashes(self, version: int) -> dict[str, str]:
+        """sha256 of every file in a published version folder (what start-up re-checks)."""
+        folder = self.version_dir(version)
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+    def damaged_files(self, version: int, expected: Mapping[str, str]) -> list[str]:
+        """Files of a published version that are missing, extra or differ from ``expected``."""
+        folder = self.version_dir(version)
+        if not folder.is_dir():
+            return ["<folder missing>"]
+        found = self.file_hashes(version)
+        return sorted(name for name in set(found) | set(expected) if found.get(name) != expected.get(name))
+
     def version_dir(self, version: int) -> Path:
         return self.publish_dir / f"v{version:06d}"
 
@@ -159,6 +199,9 @@ class Publisher:
             for item in sorted(self.base_dir.iterdir()):
                 if item.is_file() and item.name not in _TEMPLATE_SKIP:
                     shutil.copy2(item, staging / item.name)
+            if (self.base_dir / CARD_FILE).is_file():
+                card = public_card(_read_json(self.base_dir / CARD_FILE))
+                atomic_write_bytes(staging / CARD_FILE, (json.dumps(card, indent=2, sort_keys=True) + "\n").encode())
             lora = {
                 PEFT_PREFIX + k: np.ascontiguousarray(v, dtype=np.float32)
                 for k, v in params.items()

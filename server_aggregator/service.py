@@ -21,8 +21,11 @@ Round life cycle (one round active at a time)::
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +38,7 @@ from sqlalchemy import Connection, Row
 from ondevice.auth import AuthError, AuthHeaders, HeaderItems, parse_auth_headers, validate_device_id, verify_request
 from ondevice.bundle import verify_bundle
 from ondevice.protocol import (
+    MAX_UPDATE_HEADER_BYTES,
     RejectionReason,
     RoundConfig,
     UpdateReceipt,
@@ -44,19 +48,29 @@ from ondevice.protocol import (
 )
 from ondevice.randomness import RandomSource, SecureRandomSource
 from ondevice.seed_methods import expand_from_rank
-from server_aggregator import store
+from server_aggregator import sealing, store
 from server_aggregator.accountant import BudgetExceeded, RoundEvent, ServerAccountant
 from server_aggregator.aggregation import ClientDelta, DpAdaptiveClipping, DpAggregate, DpFixedClipping, apply_delta
-from server_aggregator.config import ServerConfig
+from server_aggregator.config import TARGET_UPDATES_UNDER_DP, ServerConfig
 from server_aggregator.db import SCHEMA_VERSION, Database
 from server_aggregator.publish import Publisher, bundle_adapter, decode_params, encode_params, params_sha256
 from server_aggregator.validation import Rejection, RoundTerms, check_update, parse_update
 
 SECRET_BYTES = 32
-DEVICE_CACHE_S = 5.0
-"""How long a device's secret and revocation state are cached; ``revoke`` in this process evicts at once,
-a revocation made by another server process is seen within this time."""
 NONCE_PURGE_S = 60.0
+RETENTION_SWEEP_S = 60.0
+REJECTION_LOG_EVERY_S = 10.0
+"""At most one log line per refusal reason in this time (the rest are counted, and the count logged)."""
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_DTYPE_BYTES = {"float32": 4, "float16": 2}
+log = logging.getLogger("privtune.server")
+
+
+class _UnknownDevice(Rejection):
+    """Answered exactly like a bad signature (ids cannot be enumerated), counted as ``unknown_device``."""
+
+    counted_reason = RejectionReason.UNKNOWN_DEVICE
 
 
 class ServiceError(RuntimeError):
@@ -112,9 +126,13 @@ class Aggregator:
         )
         self.db = Database(config.db_url)
         self._close_lock = threading.Lock()
-        self._devices: dict[str, tuple[store.DeviceRecord, float]] = {}
         self._round_terms: dict[int, RoundTerms] = {}
         self._next_nonce_purge = float("-inf")
+        self._next_retention_sweep = float("-inf")
+        self._dummy_secret = secrets.token_bytes(SECRET_BYTES)  # verifies nothing: unknown ids look like bad MACs
+        self._rejection_lock = threading.Lock()
+        self._pending_rejections: dict[tuple[str, int], tuple[int, float]] = {}
+        self._rejection_log: dict[str, tuple[float, int]] = {}
         self._check_base_matches_bundle()
         self._init_state()
         self.resume()
@@ -142,6 +160,7 @@ class Aggregator:
                 store.set_meta(conn, "schema_version", str(SCHEMA_VERSION))
                 store.set_meta(conn, "manifest_hash", self.manifest_hash)
                 store.set_meta(conn, "delta", repr(self.config.delta))
+                store.set_meta(conn, "device_key_check", sealing.key_check(self.config.device_key))
                 params = self.publisher.base_params()
                 blob = encode_params({s.name: params[s.name] for s in self.manifest.trainable})
                 store.insert_version(conn, 0, None, blob, sha256_hex(blob), now)
@@ -157,7 +176,64 @@ class Aggregator:
                     f"this ledger is accounted at delta={store.get_meta(conn, 'delta')}, not {self.config.delta}; "
                     "the target delta cannot change mid-ledger",
                 )
+            self._check_device_key(conn)
+        for path in self.publisher.remove_partials():
+            log.warning("removed %s, a publish a crash interrupted", path)
         self._publish_pending()
+        self._verify_published_versions()
+
+    def _check_device_key(self, conn: Connection) -> None:
+        """Refuse another device key than the one the secrets were sealed with; seal schema-1 plaintext secrets."""
+        check = sealing.key_check(self.config.device_key)
+        known = store.get_meta(conn, "device_key_check")
+        if known is not None and not secrets.compare_digest(known, check):
+            raise ServiceError(
+                409,
+                f"{self.config.db_url}: the device secrets were sealed under another device key; start with the "
+                f"key file this database was created with (or {sealing.KEY_ENV})",
+            )
+        if known is None:
+            store.set_meta(conn, "device_key_check", check)
+        sealed = 0
+        for device_id, blob in store.device_secrets(conn):
+            if not sealing.is_sealed(blob):
+                store.set_device_secret(conn, device_id, sealing.seal(self.config.device_key, device_id, blob))
+                sealed += 1
+        if sealed:
+            log.warning("sealed %d plaintext device secrets of a schema-1 database under the device key", sealed)
+
+    def _verify_published_versions(self) -> None:
+        """Every published version: its stored tensors match their recorded sha256 (else refuse to start), and its
+        folder matches the recorded file hashes (else it is re-written from the database)."""
+        with self.db.read() as conn:
+            rows = store.published_versions(conn)
+        for row in rows:
+            version = int(row.version)
+            with self.db.read() as conn:
+                stored = store.get_version(conn, version)
+            if stored is None or sha256_hex(bytes(stored.params)) != row.sha256:
+                raise ServiceError(
+                    500,
+                    f"{self.config.db_url}: adapter version {version} is damaged in the database (its tensors no "
+                    "longer match their recorded sha256); restore the database from a backup",
+                )
+            if row.files_json is None:
+                self._record_files(version)
+                continue
+            damaged = self.publisher.damaged_files(version, json.loads(row.files_json))
+            if damaged:
+                log.warning("published version %d is damaged on disk (%s); re-writing it", version, damaged[:3])
+                folder = self.publisher.version_dir(version)
+                if folder.exists():
+                    shutil.rmtree(folder)
+                params = decode_params(bytes(stored.params), self.manifest.trainable)
+                self.publisher.publish(version, row.round_id, params)
+                if self.publisher.damaged_files(version, json.loads(row.files_json)):
+                    raise ServiceError(500, f"published version {version} cannot be re-written identically")
+
+    def _record_files(self, version: int) -> None:
+        with self.db.write() as conn:
+            store.set_version_files(conn, version, json.dumps(self.publisher.file_hashes(version), sort_keys=True))
 
     def _publish_pending(self) -> None:
         with self.db.read() as conn:
@@ -166,6 +242,7 @@ class Aggregator:
             self.publisher.publish(0, None, decode_params(bytes(row.params), self.manifest.trainable))
             with self.db.write() as conn:
                 store.mark_version_published(conn, 0, self.clock())
+            self._record_files(0)
 
     def resume(self) -> None:
         """Finish any round left closed or aggregated by a crash."""
@@ -177,46 +254,49 @@ class Aggregator:
     # ------------------------------------------------------------------ devices
 
     def enroll(self, device_id: str | None = None) -> Enrollment:
-        """A new device id (random unless given) and its 256-bit secret."""
+        """A new device id (random unless given) and its 256-bit secret (stored sealed under the device key)."""
         device_id = validate_device_id(device_id) if device_id is not None else f"dev-{secrets.token_hex(8)}"
         secret = secrets.token_bytes(SECRET_BYTES)
         with self.db.write() as conn:
-            if not store.insert_device(conn, device_id, secret, self.clock()):
+            sealed = sealing.seal(self.config.device_key, device_id, secret)
+            if not store.insert_device(conn, device_id, sealed, self.clock()):
                 raise ServiceError(409, f"device {device_id!r} is already enrolled")
         return Enrollment(device_id, secret)
 
-    def revoke(self, device_id: str) -> None:
-        with self.db.write() as conn:
+    def revoke(self, device_id: str) -> int:
+        """Revoke at once (every later request is refused) and drop the device's update in a round not yet
+        aggregated; returns how many updates were dropped. Serialised with aggregation."""
+        with self._close_lock, self.db.write() as conn:
             if not store.revoke_device(conn, device_id, self.clock()):
                 raise ServiceError(404, f"no device {device_id!r}")
-        self._devices.pop(device_id, None)
+            return store.delete_pending_updates(conn, device_id)
 
-    def _secret(self, device_id: str) -> bytes:
-        """The device's secret, from a short-lived cache (``DEVICE_CACHE_S``; ``revoke`` evicts at once)."""
-        now = time.monotonic()
-        cached = self._devices.get(device_id)
-        if cached is not None and now - cached[1] < DEVICE_CACHE_S:
-            device = cached[0]
-        else:
-            with self.db.read() as conn:
-                found = store.get_device(conn, device_id)
-            if found is None:
-                raise Rejection(401, RejectionReason.UNKNOWN_DEVICE, f"device {device_id!r} is not enrolled")
-            device = found
-            self._devices[device_id] = (device, now)
-        if device.revoked_at is not None:
-            raise Rejection(401, RejectionReason.REVOKED_DEVICE, f"device {device_id!r} was revoked")
-        return device.secret
+    def _device(self, conn: Connection, device_id: str) -> tuple[bytes, bool] | None:
+        """(secret, revoked) of an enrolled device, read now (no cache: revocation takes effect at once)."""
+        found = store.get_device(conn, device_id)
+        if found is None:
+            return None
+        try:
+            secret = sealing.unseal(self.config.device_key, device_id, found.secret)
+        except sealing.SealError as exc:
+            log.error("%s", exc)
+            return None
+        return secret, found.revoked_at is not None
 
     def _verify(
         self, method: str, path: str, body: bytes, headers: HeaderItems, body_sha256: str | None = None
     ) -> AuthHeaders:
-        """Signature and timestamp of a device request (the nonce is recorded by the caller's transaction)."""
+        """Signature and timestamp of a device request (the nonce is recorded by the caller's transaction).
+
+        An unknown id is verified against a random secret, so it fails exactly like a bad signature;
+        a revoked device is told so only after its signature verifies."""
+        device = None
         try:
             device_id = parse_auth_headers(headers).device_id
-            secret = self._secret(device_id)
-            return verify_request(
-                secret,
+            with self.db.read() as conn:
+                device = self._device(conn, device_id)
+            auth = verify_request(
+                device[0] if device is not None else self._dummy_secret,
                 method,
                 path,
                 body,
@@ -226,7 +306,15 @@ class Aggregator:
                 body_sha256=body_sha256,
             )
         except AuthError as exc:
-            raise Rejection(400 if exc.reason is RejectionReason.MALFORMED else 401, exc.reason, exc.message) from exc
+            status = 400 if exc.reason is RejectionReason.MALFORMED else 401
+            if exc.reason is RejectionReason.BAD_SIGNATURE and device is None:
+                raise _UnknownDevice(status, exc.reason, exc.message) from exc
+            raise Rejection(status, exc.reason, exc.message) from exc
+        if device is None:  # pragma: no cover - a random 256-bit secret does not verify
+            raise _UnknownDevice(401, RejectionReason.BAD_SIGNATURE, "request signature does not verify")
+        if device[1]:
+            raise Rejection(401, RejectionReason.REVOKED_DEVICE, f"device {device_id!r} was revoked")
+        return auth
 
     def _remember_nonce(self, conn: Connection, auth: AuthHeaders) -> None:
         now = self.clock()
@@ -247,9 +335,52 @@ class Aggregator:
             self._remember_nonce(conn, auth)
         return auth.device_id
 
-    def record_rejection(self, rejection: Rejection, round_id: int | None, device_id: str | None) -> None:
-        with self.db.write() as conn:
-            store.insert_rejection(conn, rejection.reason.value, rejection.status, round_id, device_id, self.clock())
+    def record_rejection(self, rejection: Rejection) -> None:
+        """Count a refusal in memory (flushed to the counters table by ``flush_rejections``) and log a sample.
+
+        Nothing a client sent is stored: abuse costs a dictionary increment, never a database row."""
+        reason = getattr(rejection, "counted_reason", rejection.reason).value
+        now = self.clock()
+        with self._rejection_lock:
+            count, _ = self._pending_rejections.get((reason, rejection.status), (0, now))
+            self._pending_rejections[(reason, rejection.status)] = (count + 1, now)
+            last_logged, suppressed = self._rejection_log.get(reason, (float("-inf"), 0))
+            if now - last_logged >= REJECTION_LOG_EVERY_S:
+                self._rejection_log[reason] = (now, 0)
+                log.info(
+                    "refused %d %s: %s (+%d more since the last line)",
+                    rejection.status,
+                    reason,
+                    rejection.message[:200],
+                    suppressed,
+                )
+            else:
+                self._rejection_log[reason] = (last_logged, suppressed + 1)
+
+    def flush_rejections(self) -> None:
+        """Add the in-memory refusal counts to the database (kept in memory if the write fails)."""
+        with self._rejection_lock:
+            pending, self._pending_rejections = self._pending_rejections, {}
+        if not pending:
+            return
+        try:
+            with self.db.write() as conn:
+                store.add_rejection_counts(conn, pending)
+        except Exception:
+            with self._rejection_lock:
+                for key, (count, at) in pending.items():
+                    old, _ = self._pending_rejections.get(key, (0, at))
+                    self._pending_rejections[key] = (old + count, at)
+            raise
+
+    def health(self) -> bool:
+        """True if the database answers a read (what ``/v1/health`` reports)."""
+        try:
+            with self.db.read() as conn:
+                return store.get_meta(conn, "manifest_hash") == self.manifest_hash
+        except Exception:
+            log.exception("health check: the database does not answer")
+            return False
 
     # ------------------------------------------------------------------ rounds
 
@@ -266,6 +397,8 @@ class Aggregator:
         if not (duration > 0 and math.isfinite(duration)):
             raise ServiceError(422, f"duration_s must be a finite number > 0, found {duration!r}")
         target = self.config.target_updates if target_updates is None else target_updates
+        if target is not None and self.config.noise_multiplier > 0:
+            raise ServiceError(422, TARGET_UPDATES_UNDER_DP)
         with self.db.write() as conn:
             active = store.active_round(conn)
             if active is not None:
@@ -343,26 +476,50 @@ class Aggregator:
             self._round_terms[round_id] = terms
         return terms
 
-    def ingest_update(
-        self,
-        round_id: int,
-        method: str,
-        path: str,
-        body: bytes,
-        headers: HeaderItems,
-        update_mac: str,
-        idempotency_key: str,
-    ) -> tuple[UpdateReceipt, bool]:
-        """Authenticate, validate and durably store one upload; (receipt, created).
+    def upload_body_limit(self, round_id: int) -> int:
+        """The largest body an update for this round can have: its exact tensor bytes plus header room."""
+        terms = self._terms(round_id)
+        width = _DTYPE_BYTES[terms.config.update_dtype]
+        return 8 + MAX_UPDATE_HEADER_BYTES + width * sum(math.prod(shape) for shape in terms.shapes.values())
 
-        All checks that need no database run first; then ONE write transaction records the nonce,
-        re-checks round state, selection and duplicates, and inserts the update. The caller answers
-        only after it commits. The body is hashed once (Idempotency-Key, signature, stored digest).
-        """
-        digest = sha256_hex(body)
-        if idempotency_key != digest:
-            raise Rejection(400, RejectionReason.MALFORMED, "Idempotency-Key must be the sha256 of the body")
-        auth = self._verify(method, path, body, headers, body_sha256=digest)
+    def authorize_upload(self, round_id: int, method: str, path: str, headers: HeaderItems, digest: str) -> AuthHeaders:
+        """Everything an upload can be refused for before its body is read: signature (over the declared
+        body sha256, the Idempotency-Key), timestamp, revocation, round open, device selected.
+
+        A retry of an update already stored passes (it gets its receipt once the body matches)."""
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+            raise Rejection(400, RejectionReason.MALFORMED, "Idempotency-Key must be the sha256 of the body (64 hex)")
+        auth = self._verify(method, path, b"", headers, body_sha256=digest)
+        now = self.clock()
+        with self.db.read() as conn:
+            existing = store.get_update(conn, round_id, auth.device_id, with_body=False)
+            if existing is not None and existing.sha256 == digest:
+                return auth
+            row = store.get_round(conn, round_id)
+            if row is None:
+                raise Rejection(400, RejectionReason.WRONG_ROUND, f"round {round_id} does not exist")
+            if row.state != "open" or now >= row.deadline_unix:
+                raise Rejection(409, RejectionReason.ROUND_NOT_OPEN, f"round {round_id} is not open")
+            if store.get_selection(conn, round_id, auth.device_id) is not True:
+                raise Rejection(
+                    403,
+                    RejectionReason.NOT_SELECTED,
+                    f"device {auth.device_id!r} was not selected for round {round_id}",
+                )
+        return auth
+
+    def ingest_update(
+        self, round_id: int, auth: AuthHeaders, digest: str, body: bytes, update_mac: str
+    ) -> tuple[UpdateReceipt, bool]:
+        """Validate and durably store one upload that ``authorize_upload`` passed; (receipt, created).
+
+        The body must hash to the signed digest; then ONE write transaction records the nonce,
+        re-checks revocation, round state, selection and duplicates, and inserts the update. The
+        caller answers only after it commits."""
+        if sha256_hex(body) != digest:
+            raise Rejection(
+                401, RejectionReason.BAD_SIGNATURE, "the body does not match its signed sha256 (Idempotency-Key)"
+            )
         return self._store_update(round_id, auth.device_id, body, update_mac, auth, digest)
 
     def submit_update(self, round_id: int, device_id: str, body: bytes, update_mac: str) -> tuple[UpdateReceipt, bool]:
@@ -372,7 +529,9 @@ class Aggregator:
     def _store_update(
         self, round_id: int, device_id: str, body: bytes, update_mac: str, auth: AuthHeaders | None, digest: str
     ) -> tuple[UpdateReceipt, bool]:
-        if not verify_update_mac(body, self._secret(device_id), update_mac):
+        with self.db.read() as conn:
+            device = self._device(conn, device_id)
+        if device is None or not verify_update_mac(body, device[0], update_mac):
             raise Rejection(401, RejectionReason.BAD_SIGNATURE, "update MAC does not verify")
         update = parse_update(body)
         norm = check_update(update, self._terms(round_id), round_id=round_id, device_id=device_id)
@@ -380,6 +539,9 @@ class Aggregator:
         with self.db.write() as conn:
             if auth is not None:
                 self._remember_nonce(conn, auth)
+            current = self._device(conn, device_id)
+            if current is None or current[1]:
+                raise Rejection(401, RejectionReason.REVOKED_DEVICE, f"device {device_id!r} was revoked")
             existing = store.get_update(conn, round_id, device_id, with_body=False)
             if existing is not None:
                 if existing.sha256 == digest:
@@ -397,14 +559,18 @@ class Aggregator:
             target = row.target_updates
             if target is not None and store.count_updates(conn, round_id) >= target:
                 raise Rejection(409, RejectionReason.ROUND_NOT_OPEN, f"round {round_id} has its {target} updates")
-            store.insert_update(
-                conn, store.StoredUpdate(round_id, device_id, digest, body, update.num_examples, norm, now)
-            )
+            store.insert_update(conn, store.StoredUpdate(round_id, device_id, digest, body, norm, now))
         return UpdateReceipt(round_id, device_id, digest, now), True
 
     def tick(self) -> int | None:
-        """Close the open round if its deadline passed or its target count is reached; its id if closed."""
+        """Close the open round if its deadline passed or its target count is reached; its id if closed.
+
+        Also flushes the refusal counters and, once a minute, empties update bodies past retention."""
         now = self.clock()
+        self.flush_rejections()
+        if now >= self._next_retention_sweep:
+            self._next_retention_sweep = now + RETENTION_SWEEP_S
+            self.apply_retention()
         with self.db.read() as conn:
             row = store.active_round(conn)
             if row is None:
@@ -416,6 +582,11 @@ class Aggregator:
             return None
         self.close_round(int(row.round_id))
         return int(row.round_id)
+
+    def apply_retention(self) -> int:
+        """Empty the bodies of updates whose round was published more than ``update_retention_s`` ago."""
+        with self.db.write() as conn:
+            return store.drop_published_update_bodies(conn, self.clock() - self.config.update_retention_s)
 
     def close_round(self, round_id: int) -> dict[str, Any]:
         """Close → aggregate → publish, from whatever stage the round is in; returns its summary."""
@@ -486,7 +657,7 @@ class Aggregator:
     def _client_delta(self, body: bytes) -> ClientDelta:
         update = decode_update(body)
         tensors = {k: np.asarray(v, np.float64) for k, v in update.tensors.items()}
-        return ClientDelta(expand_from_rank(tensors, self.manifest.trainable), update.num_examples)
+        return ClientDelta(expand_from_rank(tensors, self.manifest.trainable))
 
     def _dp_aggregate(self, row: Row[Any], deltas: Iterable[ClientDelta]) -> DpAggregate:
         shapes = {s.name: tuple(s.shape) for s in self.manifest.trainable}
@@ -524,6 +695,7 @@ class Aggregator:
         with self.db.write() as conn:
             store.mark_version_published(conn, int(version.version), now)
             store.set_round(conn, round_id, state="published", published_at=now)
+        self._record_files(int(version.version))
 
     # ------------------------------------------------------------------ reads
 
@@ -533,7 +705,11 @@ class Aggregator:
             row = store.get_version(conn, version)
         if row is None or row.published_at is None:
             raise ServiceError(404, f"adapter version {version} is not published")
-        return bytes(row.params)
+        blob = bytes(row.params)
+        if sha256_hex(blob) != row.sha256:
+            log.error("adapter version %d is damaged in the database: not served", version)
+            raise ServiceError(503, f"adapter version {version} failed its integrity check; the operator is told")
+        return blob
 
     def adapter_params(self, version: int) -> dict[str, np.ndarray]:
         return decode_params(self.adapter_blob(version), self.manifest.trainable)
@@ -545,6 +721,7 @@ class Aggregator:
 
     def status(self) -> dict[str, Any]:
         """Rounds, ε spent and left, accepted/rejected counts by reason, published versions."""
+        self.flush_rejections()
         with self.db.read() as conn:
             rows = store.all_rounds(conn)
             counts = store.update_counts(conn)
@@ -588,6 +765,10 @@ class Aggregator:
         }
 
     def close(self) -> None:
+        try:
+            self.flush_rejections()
+        except Exception:
+            log.exception("the last refusal counts could not be written")
         self.db.close()
 
 

@@ -32,7 +32,6 @@ class StoredUpdate:
     device_id: str
     sha256: str
     body: bytes
-    num_examples: int
     l2_norm: float
     accepted_at: float
 
@@ -70,6 +69,16 @@ def get_device(conn: Connection, device_id: str) -> DeviceRecord | None:
     if row is None:
         return None
     return DeviceRecord(row.device_id, bytes(row.secret), row.enrolled_at, row.revoked_at)
+
+
+def device_secrets(conn: Connection) -> list[tuple[str, bytes]]:
+    """(device id, stored secret blob) of every device."""
+    rows = conn.execute(select(db.devices.c.device_id, db.devices.c.secret).order_by(db.devices.c.device_id)).all()
+    return [(str(r.device_id), bytes(r.secret)) for r in rows]
+
+
+def set_device_secret(conn: Connection, device_id: str, blob: bytes) -> None:
+    conn.execute(update(db.devices).where(db.devices.c.device_id == device_id).values(secret=blob))
 
 
 def revoke_device(conn: Connection, device_id: str, now: float) -> bool:
@@ -167,9 +176,7 @@ def count_selections(conn: Connection, round_id: int) -> tuple[int, int]:
 
 
 def _update_record(row: Row[Any]) -> StoredUpdate:
-    return StoredUpdate(
-        row.round_id, row.device_id, row.sha256, bytes(row.body), row.num_examples, row.l2_norm, row.accepted_at
-    )
+    return StoredUpdate(row.round_id, row.device_id, row.sha256, bytes(row.body), row.l2_norm, row.accepted_at)
 
 
 def get_update(conn: Connection, round_id: int, device_id: str, *, with_body: bool = True) -> StoredUpdate | None:
@@ -180,7 +187,7 @@ def get_update(conn: Connection, round_id: int, device_id: str, *, with_body: bo
     if row is None:
         return None
     body = bytes(row.body) if with_body else b""
-    return StoredUpdate(row.round_id, row.device_id, row.sha256, body, row.num_examples, row.l2_norm, row.accepted_at)
+    return StoredUpdate(row.round_id, row.device_id, row.sha256, body, row.l2_norm, row.accepted_at)
 
 
 def insert_update(conn: Connection, record: StoredUpdate) -> None:
@@ -190,7 +197,6 @@ def insert_update(conn: Connection, record: StoredUpdate) -> None:
             device_id=record.device_id,
             sha256=record.sha256,
             body=record.body,
-            num_examples=record.num_examples,
             l2_norm=record.l2_norm,
             accepted_at=record.accepted_at,
         )
@@ -224,19 +230,54 @@ def update_counts(conn: Connection) -> dict[int, int]:
     return {int(r): int(n) for r, n in rows}
 
 
+def delete_pending_updates(conn: Connection, device_id: str) -> int:
+    """Drop the device's updates in rounds not yet aggregated (revocation); the number dropped."""
+    pending = select(db.rounds.c.round_id).where(db.rounds.c.state.in_(("open", "closed")))
+    result = conn.execute(
+        delete(db.updates).where(db.updates.c.device_id == device_id, db.updates.c.round_id.in_(pending))
+    )
+    return int(result.rowcount or 0)
+
+
+def drop_published_update_bodies(conn: Connection, published_before: float) -> int:
+    """Empty the bodies of updates whose round was published before ``published_before`` (retention).
+
+    The digest and norm stay, so a late retry of the same bytes still gets its receipt."""
+    done = select(db.rounds.c.round_id).where(
+        db.rounds.c.state == "published", db.rounds.c.published_at < published_before
+    )
+    result = conn.execute(
+        update(db.updates).where(db.updates.c.round_id.in_(done), func.length(db.updates.c.body) > 0).values(body=b"")
+    )
+    return int(result.rowcount or 0)
+
+
 # --------------------------------------------------------------------------- rejections
 
 
-def insert_rejection(
-    conn: Connection, reason: str, status: int, round_id: int | None, device_id: str | None, now: float
-) -> None:
-    conn.execute(
-        insert(db.rejections).values(reason=reason, status=status, round_id=round_id, device_id=device_id, at=now)
-    )
+def add_rejection_counts(conn: Connection, counts: dict[tuple[str, int], tuple[int, float]]) -> None:
+    """Add ``{(reason, status): (count, last_at)}`` to the counters (one row per reason and status)."""
+    table = db.rejection_counts
+    for (reason, status), (count, last_at) in sorted(counts.items()):
+        changed = conn.execute(
+            update(table)
+            .where(table.c.reason == reason, table.c.status == status)
+            .values(count=table.c.count + count, last_at=func.max(table.c.last_at, last_at))
+            if conn.dialect.name == "sqlite"
+            else update(table)
+            .where(table.c.reason == reason, table.c.status == status)
+            .values(count=table.c.count + count, last_at=func.greatest(table.c.last_at, last_at))
+        ).rowcount
+        if not changed:
+            conn.execute(insert(table).values(reason=reason, status=status, count=count, last_at=last_at))
 
 
 def rejection_counts(conn: Connection) -> dict[str, int]:
-    rows = conn.execute(select(db.rejections.c.reason, func.count()).group_by(db.rejections.c.reason)).all()
+    rows = conn.execute(
+        select(db.rejection_counts.c.reason, func.sum(db.rejection_counts.c.count)).group_by(
+            db.rejection_counts.c.reason
+        )
+    ).all()
     return {str(reason): int(n) for reason, n in sorted(rows)}
 
 
@@ -280,9 +321,19 @@ def latest_published_version(conn: Connection) -> int | None:
     return None if value is None else int(value)
 
 
+def set_version_files(conn: Connection, version: int, files_json: str) -> None:
+    conn.execute(update(db.versions).where(db.versions.c.version == version).values(files_json=files_json))
+
+
 def published_versions(conn: Connection) -> Sequence[Any]:
     return conn.execute(
-        select(db.versions.c.version, db.versions.c.round_id, db.versions.c.sha256, db.versions.c.published_at)
+        select(
+            db.versions.c.version,
+            db.versions.c.round_id,
+            db.versions.c.sha256,
+            db.versions.c.published_at,
+            db.versions.c.files_json,
+        )
         .where(db.versions.c.published_at.is_not(None))
         .order_by(db.versions.c.version)
     ).all()

@@ -6,18 +6,11 @@ service turns it into a 4xx ``ErrorBody`` and counts it. Nothing here touches th
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import safetensors.numpy
-
 from ondevice.protocol import (
-    PROTOCOL_VERSION,
-    SUPPORTED_TENSOR_DTYPES,
     AdapterUpdate,
     ErrorBody,
     ProtocolError,
@@ -68,48 +61,16 @@ def expected_shapes(trainable: Sequence[TensorSpec], train_rank: int | None) -> 
     return shapes
 
 
-def _header_metadata(body: bytes) -> dict[str, object] | None:
-    """The update's JSON metadata if the safetensors header parses, else None."""
-    try:
-        (length,) = struct.unpack("<Q", body[:8])
-        header = json.loads(body[8 : 8 + length])
-        meta = json.loads(header["__metadata__"]["privtune"])
-    except (struct.error, ValueError, KeyError, TypeError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def _tensor_problem(body: bytes) -> Rejection | None:
-    """A dtype or finiteness problem in the raw tensors (decode_update refuses both as malformed)."""
-    try:
-        tensors = safetensors.numpy.load(body)
-    except Exception:  # safetensors raises its own error types; the caller reports malformed
-        return None
-    for name, array in tensors.items():
-        if str(array.dtype) not in SUPPORTED_TENSOR_DTYPES:
-            return Rejection(400, RejectionReason.WRONG_DTYPE, f"{name}: dtype {array.dtype} is not float32/float16")
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            return Rejection(400, RejectionReason.NON_FINITE, f"{name} holds NaN or inf")
-    return None
-
-
 def parse_update(body: bytes) -> AdapterUpdate:
-    """``decode_update`` with its failures mapped to reason codes."""
-    meta = _header_metadata(body)
-    if meta is not None and meta.get("protocol_version") != PROTOCOL_VERSION:
-        found = meta.get("protocol_version")
-        raise Rejection(
-            400,
-            RejectionReason.UNSUPPORTED_VERSION,
-            f"protocol_version {found!r}, this server speaks {PROTOCOL_VERSION}",
-        )
+    """``decode_update`` with its failures mapped to reason codes: every malformed body, whatever its bytes,
+    is a 400 ``Rejection`` (``unsupported_version``, ``too_large``, ``wrong_dtype``, ``non_finite`` or
+    ``malformed``), never another exception. The bounds are ``decode_update``'s (header, metadata and
+    tensor-count caps in ``ondevice.protocol``)."""
     try:
         return decode_update(body)
     except ProtocolError as exc:
-        problem = _tensor_problem(body)
-        if problem is not None:
-            raise problem from exc
-        raise Rejection(400, RejectionReason.MALFORMED, str(exc)) from exc
+        status = 413 if exc.reason is RejectionReason.TOO_LARGE else 400
+        raise Rejection(status, exc.reason, str(exc)) from exc
 
 
 def check_update(update: AdapterUpdate, terms: RoundTerms, *, round_id: int, device_id: str) -> float:

@@ -25,10 +25,12 @@ from ondevice.upload import CONTENT_TYPE, IDEMPOTENCY_HEADER, UPDATE_MAC_HEADER
 from privtune.fleet.adversary import honest_update
 from server_aggregator.app import create_app
 from server_aggregator.config import ServerConfig
+from server_aggregator.http_guard import HttpLimits, uvicorn_options
 from server_aggregator.process import spawn_until_ready, stop_process
 from server_aggregator.service import Aggregator
 
 ADMIN_TOKEN = "test-admin-token-" + "0" * 16
+DEVICE_KEY = bytes(range(32))
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -39,6 +41,7 @@ def make_config(tmp: Path, bundle_dir: Path, classifier_dir: Path, **overrides: 
         bundle_dir=bundle_dir,
         publish_dir=tmp / "published",
         admin_token=ADMIN_TOKEN,
+        device_key=DEVICE_KEY,
         close_poll_s=0.05,
     )
     return replace(config, **overrides)
@@ -47,10 +50,26 @@ def make_config(tmp: Path, bundle_dir: Path, classifier_dir: Path, **overrides: 
 class LiveServer:
     """``Aggregator`` + FastAPI under a real uvicorn server in a thread, on an ephemeral loopback port."""
 
-    def __init__(self, service: Aggregator, *, run_closer: bool = False) -> None:
+    def __init__(
+        self,
+        service: Aggregator,
+        *,
+        run_closer: bool = False,
+        limits: HttpLimits | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.service = service
+        options = uvicorn_options(limits or HttpLimits())  # the connection limits `privtune serve` runs with
+        if tls is not None:
+            options |= {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])}
+        self.scheme = "https" if tls is not None else "http"
         config = uvicorn.Config(
-            create_app(service, run_closer=run_closer), host="127.0.0.1", port=0, log_level="warning", access_log=False
+            create_app(service, run_closer=run_closer),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            access_log=False,
+            **options,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -70,7 +89,7 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self._server.should_exit = True
@@ -97,7 +116,7 @@ def enroll(client: httpx.Client, device_id: str | None = None) -> tuple[str, byt
 def make_update(
     config: RoundConfig, device_id: str, global_params: Mapping[str, np.ndarray], seed: int, scale: float = 0.01
 ) -> AdapterUpdate:
-    return honest_update(config, device_id, global_params, seed, scale=scale, num_examples=10)
+    return honest_update(config, device_id, global_params, seed, scale=scale)
 
 
 def upload_headers(

@@ -11,12 +11,13 @@ Contract served (``POST /v1/rounds/{round_id}/updates``, body = ``encode_update`
 
 1. ``Content-Length`` required, ≤ ``max_body_bytes`` — else 411 ``malformed`` / 413 ``too_large``;
    ``Content-Type: application/octet-stream`` — else 415 ``malformed``.
-2. ``X-Privtune-Device`` must be enrolled — else 401 ``unknown_device``.
-3. ``ondevice.auth.verify_request`` with that device's secret over the raw request path (a query
-   string is refused) and a shared ``InMemoryNonceCache`` — else 400 ``malformed`` or 401
-   ``stale_timestamp`` / ``bad_signature`` / ``replayed_nonce``.
-4. ``X-Privtune-Update-Mac`` must verify (``verify_update_mac``) — else 401 ``bad_signature``;
-   ``Idempotency-Key`` must equal sha256(body) — else 400 ``malformed``.
+2. ``ondevice.auth.verify_request`` with the device's secret over the raw request path (a query
+   string is refused), the declared body hash (``Idempotency-Key``) and a shared
+   ``InMemoryNonceCache`` — else 400 ``malformed`` or 401 ``stale_timestamp`` /
+   ``bad_signature`` / ``replayed_nonce``. An unknown ``X-Privtune-Device`` is answered exactly
+   like a bad signature (401 ``bad_signature``), so enrolled ids cannot be enumerated.
+3. The body must hash to the (signed) ``Idempotency-Key`` — else 401 ``bad_signature``.
+4. ``X-Privtune-Update-Mac`` must verify (``verify_update_mac``) — else 401 ``bad_signature``.
 5. ``decode_update`` must succeed — else 400 ``malformed``; the update's round and device must be
    the path's round and the header's device — else 400 ``wrong_round`` / ``malformed``.
 6. Round closed (``close_round``) → 409 ``round_not_open``.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import threading
 import time
 from collections import deque
@@ -120,6 +122,7 @@ class _Rejection(Exception):
         self.error = ErrorBody(reason, message)
 
 
+_UNKNOWN_SECRET = secrets.token_bytes(32)  # an unknown id is verified against this: it fails like a bad signature
 _AUTH_STATUS = {RejectionReason.MALFORMED: 400}  # every other auth failure is 401
 
 
@@ -215,27 +218,31 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Rejection(404, RejectionReason.MALFORMED, f"no such endpoint {self.path!r}")
         round_id = int(match.group(1))
         device_id = self.headers.get(HEADER_DEVICE)
-        secret = state.devices.get(device_id or "")
-        if device_id is None or secret is None:
-            raise _Rejection(401, RejectionReason.UNKNOWN_DEVICE, f"device {device_id!r} is not enrolled")
+        secret = state.devices.get(device_id or "", _UNKNOWN_SECRET)
+        declared = self.headers.get(IDEMPOTENCY_HEADER) or ""
+        if not re.fullmatch(r"[0-9a-f]{64}", declared):
+            raise _Rejection(400, RejectionReason.MALFORMED, "Idempotency-Key must be the sha256 of the body (64 hex)")
         try:
             verify_request(
                 secret,
                 self.command,
                 self.path,
-                body,
+                b"",
                 self.headers,
                 now=state.clock(),
                 max_skew_s=state.max_skew_s,
                 nonces=state.nonces,
+                body_sha256=declared,
             )
         except AuthError as exc:
             raise _Rejection(_AUTH_STATUS.get(exc.reason, 401), exc.reason, exc.message) from exc
+        digest = sha256_hex(body)
+        if declared != digest:
+            raise _Rejection(
+                401, RejectionReason.BAD_SIGNATURE, "the body does not match its signed sha256 (Idempotency-Key)"
+            )
         if not verify_update_mac(body, secret, self.headers.get(UPDATE_MAC_HEADER, "")):
             raise _Rejection(401, RejectionReason.BAD_SIGNATURE, "update MAC does not verify")
-        digest = sha256_hex(body)
-        if self.headers.get(IDEMPOTENCY_HEADER) != digest:
-            raise _Rejection(400, RejectionReason.MALFORMED, "Idempotency-Key must be the sha256 of the body")
         try:
             update = decode_update(body)
         except ProtocolError as exc:

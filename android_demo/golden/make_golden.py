@@ -303,7 +303,7 @@ def write_updates(out: Path, bundle: Path) -> None:
     for i, (name, config) in enumerate(rounds.items()):
         nonce = hashlib.sha256(f"nonce-{name}".encode()).hexdigest()[:32]
         update = build_update(
-            config, DEVICE_ID, global_params, local_params, num_examples=10 + i,
+            config, DEVICE_ID, global_params, local_params,
             local_epsilon=[1.2345678901234567, 0.0, 8.0][i], local_delta=1e-05, nonce=nonce,
         )  # fmt: skip
         body = encode_update(update)
@@ -313,7 +313,6 @@ def write_updates(out: Path, bundle: Path) -> None:
                 "name": name,
                 "round_config": config.to_dict(),
                 "device_id": DEVICE_ID,
-                "num_examples": update.num_examples,
                 "local_epsilon": update.local_epsilon,
                 "local_delta": update.local_delta,
                 "nonce": nonce,

@@ -52,14 +52,11 @@ def honest_update(
     seed: int,
     *,
     scale: float = 0.01,
-    num_examples: int = 8,
 ) -> AdapterUpdate:
     """A plausible clipped update without training: global + seeded noise of ``scale``, as a delta."""
     rng = np.random.default_rng(seed)
     local = {k: (v + scale * rng.standard_normal(v.shape)).astype(np.float32) for k, v in global_params.items()}
-    return build_update(
-        round_config, device_id, global_params, local, num_examples=num_examples, local_epsilon=1.0, local_delta=1e-5
-    )
+    return build_update(round_config, device_id, global_params, local, local_epsilon=1.0, local_delta=1e-5)
 
 
 def signed_upload(path_round: int, device_id: str, secret: bytes, body: bytes) -> tuple[str, dict[str, str]]:

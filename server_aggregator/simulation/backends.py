@@ -68,7 +68,6 @@ class GroupResult:
     uploads: np.ndarray = field(repr=False)  # [C, P] float64, rank-expanded, each ‖·‖ ≤ S
     sent_norms: np.ndarray  # [C] float64, global norm of each upload as sent
     delta_norms: np.ndarray  # [C] float64, norm of each client's rank-kept delta before the upload clip
-    num_examples: np.ndarray  # [C] int64
     rows: int  # example-gradients computed
     loss_sum: float  # Σ per-example loss over those rows
 
@@ -127,7 +126,6 @@ class CohortWorker:
             uploads,
             norms,
             delta_norms,
-            np.array([len(c.token_ids) for c in clients], np.int64),
             sum(steps.rows_per_step),
             loss_sum,
         )

@@ -274,11 +274,9 @@ def _deltas(results: Iterator[GroupResult], seen: list[GroupResult], specs: Sequ
     for group in results:
         seen.append(group)
         for c in range(group.uploads.shape[0]):
-            yield ClientDelta(flat_to_tensors(group.uploads[c], specs), int(group.num_examples[c]))
+            yield ClientDelta(flat_to_tensors(group.uploads[c], specs))
         # the uploads are merged: keep only the small per-group numbers
-        seen[-1] = GroupResult(
-            np.empty((0, 0)), group.sent_norms, group.delta_norms, group.num_examples, group.rows, group.loss_sum
-        )
+        seen[-1] = GroupResult(np.empty((0, 0)), group.sent_norms, group.delta_norms, group.rows, group.loss_sum)
 
 
 def write_report(report: dict[str, Any], out: Path) -> Path:

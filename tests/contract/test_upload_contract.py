@@ -137,8 +137,8 @@ class TestUploadContract:
             headers = upload_headers(endpoint.device_id, endpoint.secret, rid, body)
             ok = http.post(path, content=body, headers=headers)
             replay = http.post(path, content=body, headers=headers)
-        assert (unknown.status_code, _reason(unknown)) == (401, "unknown_device")
         assert (forged.status_code, _reason(forged)) == (401, "bad_signature")
+        assert (unknown.status_code, unknown.content) == (forged.status_code, forged.content)  # no id enumeration
         assert (stale.status_code, _reason(stale)) == (401, "stale_timestamp")
         assert (bad_mac.status_code, _reason(bad_mac)) == (401, "bad_signature")
         assert ok.status_code == 201
@@ -153,11 +153,14 @@ class TestUploadContract:
             headers["Content-Type"] = "text/plain"
             wrong_type = http.post(path, content=body, headers=headers)
             headers = upload_headers(endpoint.device_id, endpoint.secret, rid, body)
-            headers["Idempotency-Key"] = "0" * 64
+            headers["Idempotency-Key"] = "0" * 64  # the signature covers the declared body hash
             wrong_key = http.post(path, content=body, headers=headers)
+            signed_for_other = upload_headers(endpoint.device_id, endpoint.secret, rid, body + b"x")
+            mismatch = http.post(path, content=body, headers=signed_for_other)
             garbage = post_update(http, endpoint.device_id, endpoint.secret, rid, b"\x00" * 64)
         assert (wrong_type.status_code, _reason(wrong_type)) == (415, "malformed")
-        assert (wrong_key.status_code, _reason(wrong_key)) == (400, "malformed")
+        assert (wrong_key.status_code, _reason(wrong_key)) == (401, "bad_signature")
+        assert (mismatch.status_code, _reason(mismatch)) == (401, "bad_signature")
         assert (garbage.status_code, _reason(garbage)) == (400, "malformed")
         assert endpoint.store_count() == 0
 

@@ -41,7 +41,13 @@ def tweets(offensive_dir: Path) -> LabelledTexts:
 
 def round_config(manifest: ArtifactManifest, round_id: int = 5) -> RoundConfig:
     dp = DpConfig(
-        clip_norm=1.0, noise_multiplier=1.0, sampling_rate=0.25, local_steps=2, learning_rate=0.05, train_rank=4
+        clip_norm=1.0,
+        noise_multiplier=1.0,
+        sampling_rate=0.25,
+        local_steps=2,
+        learning_rate=0.05,
+        train_rank=4,
+        local_delta=1e-3,  # not the ledger's default 1e-5: the device must account at the round's delta
     )
     return RoundConfig(
         round_id=round_id,
@@ -87,8 +93,10 @@ def test_a_round_is_trained_clipped_and_delivered_once(
     assert update.dtype == "float16" and update.l2_norm() <= 0.1
     lora_a = "encoder.layer.0.attention.self.query.lora_A.weight"
     assert update.tensors[lora_a].shape == (4, 384)  # only the server-fixed rank travels
-    assert update.local_epsilon == pytest.approx(trainer.ledger.epsilon("pld"))
-    assert update.num_examples == 16 and update.dp == config.dp
+    assert update.local_delta == 1e-3 and outcome.training is not None and outcome.training.local_delta == 1e-3
+    assert update.local_epsilon == pytest.approx(trainer.ledger.epsilon("pld", delta=1e-3))
+    assert update.local_epsilon < trainer.ledger.epsilon("pld")  # at the ledger's 1e-5 it would be larger
+    assert update.dp == config.dp and "num_examples" not in update.metadata_dict()
     assert outcome.receipt.update_sha256 == sha256_hex(stored.body)
     assert len(stored.body) <= 80 * 1024
 

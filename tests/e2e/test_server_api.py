@@ -169,7 +169,13 @@ def test_every_bad_request_is_a_counted_4xx_and_nothing_rejected_is_merged(tmp_c
 
         body = encode_update(make_update(cfg, good, v0, seed=1))
         # authentication
-        expect(post_update(http, "nobody", good_secret, rid, body), 401, "unknown_device")
+        unknown = post_update(http, "nobody", good_secret, rid, body)
+        wrong_secret = post_update(http, good, other_secret, rid, body)
+        # an unknown id is answered byte for byte like a bad signature (ids cannot be enumerated) ...
+        assert (unknown.status_code, unknown.content) == (wrong_secret.status_code, wrong_secret.content)
+        assert unknown.json()["reason"] == "bad_signature"
+        expected["unknown_device"] = 1  # ... and counted apart for the operator
+        expected["bad_signature"] = 1
         expect(post_update(http, revoked, revoked_secret, rid, body), 401, "revoked_device")
         expect(post_update(http, good, other_secret, rid, body), 401, "bad_signature")
         expect(post_update(http, good, good_secret, rid, body, now=1_000_000.0), 401, "stale_timestamp")
@@ -184,8 +190,11 @@ def test_every_bad_request_is_a_counted_4xx_and_nothing_rejected_is_merged(tmp_c
         headers["Content-Type"] = "application/json"
         expect(http.post(f"/v1/rounds/{rid}/updates", content=body, headers=headers), 415, "malformed")
         headers = upload_headers(good, good_secret, rid, body)
-        headers["Idempotency-Key"] = "0" * 64
-        expect(http.post(f"/v1/rounds/{rid}/updates", content=body, headers=headers), 400, "malformed")
+        headers["Idempotency-Key"] = "0" * 64  # the signature covers the declared body hash
+        expect(http.post(f"/v1/rounds/{rid}/updates", content=body, headers=headers), 401, "bad_signature")
+        other_bytes = encode_update(make_update(cfg, good, v0, seed=8))
+        headers = upload_headers(good, good_secret, rid, other_bytes)  # signed for other bytes than it carries
+        expect(http.post(f"/v1/rounds/{rid}/updates", content=body, headers=headers), 401, "bad_signature")
 
         # content
         def variant(**changes: object) -> bytes:
@@ -398,6 +407,7 @@ def test_body_framing_limits_are_4xx_and_counted(tmp_config) -> None:  # type: i
         cfg = _open(http)
         body = encode_update(make_update(cfg, device_id, service.adapter_params(0), seed=1))
         assert len(body) > 200_000
+        assert AggregatorClient(server.url, device_id, secret).check_in().selected
         too_big = post_update(http, device_id, secret, cfg.round_id, body)
         assert too_big.status_code == 413 and too_big.json()["reason"] == "too_large"
         headers = upload_headers(device_id, secret, cfg.round_id, body)

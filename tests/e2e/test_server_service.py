@@ -50,17 +50,30 @@ def test_poisson_selection_rate_and_a_stable_decision(tmp_path: Path, bundle_dir
     service.close()
 
 
-def test_deadline_and_target_count_close_the_round(tmp_path: Path, bundle_dir: Path, classifier_dir: Path) -> None:
+def test_deadline_closes_the_round_and_a_count_stop_is_refused_under_dp(
+    tmp_path: Path, bundle_dir: Path, classifier_dir: Path
+) -> None:
     clock = Clock()
+    (tmp_path / "noisy").mkdir()
+    noisy = Aggregator(make_config(tmp_path / "noisy", bundle_dir, classifier_dir, epsilon_budget=1e6), clock=clock)
+    noisy.enroll("a")
+    with pytest.raises(ServiceError, match="not Poisson-sampled") as refused:  # a K-update stop is not Poisson
+        noisy.open_round(duration_s=60, target_updates=1)
+    assert refused.value.status == 422
+    noisy.close()
+    with pytest.raises(ValueError, match="not Poisson-sampled"):
+        make_config(tmp_path, bundle_dir, classifier_dir, target_updates=3)
     config = make_config(tmp_path, bundle_dir, classifier_dir, clients_per_round=2, epsilon_budget=1e6)
     service = Aggregator(config, clock=clock)
     a, b = service.enroll("a"), service.enroll("b")
-    round0 = service.open_round(duration_s=60, target_updates=1)
+    round0 = service.open_round(duration_s=60)
     assert service.check_in("a").selected and service.check_in("b").selected
     assert service.tick() is None
     v0 = service.adapter_params(0)
     _submit(service, "a", a.secret, encode_update(make_update(round0, "a", v0, seed=1)), 0)
-    assert service.tick() == 0  # target count reached
+    assert service.tick() is None  # open until its deadline
+    clock.now += 61
+    assert service.tick() == 0  # deadline passed
     assert service.status()["rounds"][0]["state"] == "published"
     round1 = service.open_round(duration_s=60)
     assert round1.global_adapter_version == 1

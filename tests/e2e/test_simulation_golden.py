@@ -143,9 +143,7 @@ class VectorizedClientContract:
             worst = float(np.max(np.abs(steps.parameters[c] - device_flat)))
             assert moved > 1e-3, f"client {c} did not move ({moved:.3g}): the comparison would be vacuous"
             assert worst <= 1e-5, f"{self.runtime}/{case} client {c}: |vectorized − device| = {worst:.3g}"
-            sent = build_update(
-                round_config, f"u{user}", global_params, result.parameters, len(data), 1.0, 1e-5
-            ).tensors
+            sent = build_update(round_config, f"u{user}", global_params, result.parameters, 1.0, 1e-5).tensors
             simulated = client_update(
                 flat,
                 steps.parameters[c],

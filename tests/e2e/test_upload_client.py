@@ -22,6 +22,7 @@ import pytest
 
 from ondevice.auth import signed_headers
 from ondevice.protocol import (
+    PROTOCOL_VERSION,
     AdapterUpdate,
     DpConfig,
     ErrorBody,
@@ -63,7 +64,6 @@ def make_body(round_id: int, device_id: str = DEVICE, seed: int = 0) -> bytes:
         manifest_hash=sha256_hex(b"manifest"),
         global_adapter_version=round_id,
         tensors=tensors,
-        num_examples=64,
         dp=DpConfig(clip_norm=1.0, noise_multiplier=1.1, sampling_rate=0.05, local_steps=10, learning_rate=0.01),
         local_epsilon=1.25,
         local_delta=1e-5,
@@ -284,7 +284,7 @@ def test_4xx_is_rejected_with_its_reason_and_not_retried(
     ("device_id", "secret", "body_round", "status", "reason"),
     [
         (DEVICE, b"another-secret-0123456789", 9, 401, RejectionReason.BAD_SIGNATURE),
-        ("phone-unknown", SECRET, 9, 401, RejectionReason.UNKNOWN_DEVICE),
+        ("phone-unknown", SECRET, 9, 401, RejectionReason.BAD_SIGNATURE),
         (DEVICE, SECRET, 10, 400, RejectionReason.WRONG_ROUND),
     ],
 )
@@ -395,7 +395,8 @@ def test_a_non_json_response_is_an_upload_error_with_status_and_snippet(
 
 
 @pytest.mark.parametrize(
-    "fields", [{"round_id": 17}, {"device_id": "phone-9"}, {"accepted_at_unix": "x"}, {"protocol_version": 2}]
+    "fields",
+    [{"round_id": 17}, {"device_id": "phone-9"}, {"accepted_at_unix": "x"}, {"protocol_version": PROTOCOL_VERSION + 1}],
 )
 def test_a_receipt_naming_another_round_or_device_or_malformed_is_refused(
     endpoint: UploadEndpoint, outbox: Outbox, sleeps: list[float], fields: dict[str, object]

@@ -7,6 +7,7 @@ thresholds for n = 10⁶ coordinates (each at α = 1e-6); the KS statistic is co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import dp_accounting
@@ -64,26 +65,32 @@ def _zeros(shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- FedAvg
 
 
-def test_fedavg_is_the_example_weighted_mean() -> None:
+def test_fedavg_is_the_unweighted_mean() -> None:
     rng = np.random.default_rng(0)
-    counts = [1, 5, 10, 0]
-    updates = [ClientDelta(_random_tensors(rng, SMALL, 1.0 + i), n) for i, n in enumerate(counts)]
+    updates = [ClientDelta(_random_tensors(rng, SMALL, 1.0 + i)) for i in range(4)]
     out = FedAvg().aggregate(updates)
     assert set(out) == set(SMALL)
     for name, shape in SMALL.items():
         stack = np.stack([u.tensors[name].astype(np.float64) for u in updates])
-        oracle = np.tensordot(np.asarray(counts, dtype=np.float64), stack, axes=1) / sum(counts)
+        oracle = stack.sum(axis=0) / len(updates)
         assert out[name].shape == shape
         np.testing.assert_allclose(out[name], oracle, rtol=1e-12, atol=1e-15)
 
 
+def test_client_delta_carries_no_example_count() -> None:
+    """Devices no longer send their example count, so nothing server-side can weight by it."""
+    assert [f.name for f in dataclasses.fields(ClientDelta)] == ["tensors"]
+    with pytest.raises(TypeError):
+        ClientDelta({"a": np.zeros(3, np.float32)}, 3)  # type: ignore[call-arg]
+
+
 def test_fedavg_rejects_mismatched_or_bad_input() -> None:
     rng = np.random.default_rng(1)
-    good = ClientDelta(_random_tensors(rng, SMALL, 1.0), 3)
-    missing = ClientDelta({k: v for k, v in good.tensors.items() if k != "b"}, 3)
-    extra = ClientDelta({**good.tensors, "d": np.zeros(1, np.float32)}, 3)
-    reshaped = ClientDelta({**good.tensors, "b": np.zeros((5, 1), np.float32)}, 3)
-    nan = ClientDelta({**good.tensors, "b": np.array([0, 0, np.nan, 0, 0], np.float32)}, 3)
+    good = ClientDelta(_random_tensors(rng, SMALL, 1.0))
+    missing = ClientDelta({k: v for k, v in good.tensors.items() if k != "b"})
+    extra = ClientDelta({**good.tensors, "d": np.zeros(1, np.float32)})
+    reshaped = ClientDelta({**good.tensors, "b": np.zeros((5, 1), np.float32)})
+    nan = ClientDelta({**good.tensors, "b": np.array([0, 0, np.nan, 0, 0], np.float32)})
     with pytest.raises(ValueError, match="missing \\['b'\\]"):
         FedAvg().aggregate([good, missing])
     with pytest.raises(ValueError, match="unexpected \\['d'\\]"):
@@ -94,13 +101,8 @@ def test_fedavg_rejects_mismatched_or_bad_input() -> None:
         FedAvg().aggregate([good, nan])
     with pytest.raises(ValueError, match="at least one update"):
         FedAvg().aggregate([])
-    with pytest.raises(ValueError, match="total num_examples"):
-        FedAvg().aggregate([ClientDelta(good.tensors, 0)])
-    for bad in (-1, True, 2.0):
-        with pytest.raises(ValueError, match="num_examples"):
-            ClientDelta(good.tensors, bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="floating point"):
-        ClientDelta({"a": np.zeros(3, dtype=np.int32)}, 1)
+        ClientDelta({"a": np.zeros(3, dtype=np.int32)})
 
 
 # ---------------------------------------------------------------- clipping
@@ -149,7 +151,7 @@ def test_dp_without_noise_equals_the_clipped_sum_over_expected_clients() -> None
     rng = np.random.default_rng(3)
     clip, expected = 0.8, 7.5
     norms = [0.5 * clip, 10 * clip, 1e6 * clip, 0.0, 0.9 * clip]
-    updates = [ClientDelta(_random_tensors(rng, SMALL, n), num_examples=10 * (i + 1)) for i, n in enumerate(norms)]
+    updates = [ClientDelta(_random_tensors(rng, SMALL, n)) for n in norms]
     dp = DpFixedClipping(clip, 0.0, expected, random_source=SeededRandomSource(0))
     result = dp.aggregate(updates, SMALL)
     oracle, oracle_clipped = _oracle_dp_mean(updates, clip, expected)
@@ -164,34 +166,23 @@ def test_dp_without_noise_equals_the_clipped_sum_over_expected_clients() -> None
     assert not np.allclose(got, oracle * expected / len(updates), rtol=1e-3)
 
 
-def test_dp_ignores_num_examples() -> None:
-    """A weighted mean would let one client with a huge count dominate; the DP sum must not."""
-    rng = np.random.default_rng(4)
-    tensors = [_random_tensors(rng, SMALL, 2.0), _random_tensors(rng, SMALL, 0.3)]
-    dp = DpFixedClipping(1.0, 0.0, 2.0, random_source=SeededRandomSource(0))
-    a = dp.aggregate([ClientDelta(tensors[0], 1), ClientDelta(tensors[1], 1)], SMALL)
-    b = dp.aggregate([ClientDelta(tensors[0], 1), ClientDelta(tensors[1], 100_000)], SMALL)
-    for name in SMALL:
-        np.testing.assert_array_equal(a.mean_delta[name], b.mean_delta[name])
-
-
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_non_finite_update_is_refused_before_anything_is_merged(bad: float) -> None:
     rng = np.random.default_rng(5)
-    good = ClientDelta(_random_tensors(rng, SMALL, 1.0), 1)
+    good = ClientDelta(_random_tensors(rng, SMALL, 1.0))
     poisoned = dict(_random_tensors(rng, SMALL, 1.0))
     poisoned["a"] = poisoned["a"].copy()
     poisoned["a"][1, 2] = bad
     source = SeededRandomSource(9)
     with pytest.raises(ValueError, match="update 1: tensor 'a' holds NaN or inf"):
-        DpFixedClipping(1.0, 1.0, 2.0, random_source=source).aggregate([good, ClientDelta(poisoned, 1)], SMALL)
+        DpFixedClipping(1.0, 1.0, 2.0, random_source=source).aggregate([good, ClientDelta(poisoned)], SMALL)
     # validation ran before the noise draw: the source is untouched
     assert source.standard_normal(3) == pytest.approx(SeededRandomSource(9).standard_normal(3))
 
 
 def test_dp_rejects_layout_mismatch_and_bad_config() -> None:
     rng = np.random.default_rng(6)
-    update = ClientDelta(_random_tensors(rng, SMALL, 1.0), 1)
+    update = ClientDelta(_random_tensors(rng, SMALL, 1.0))
     dp = DpFixedClipping(1.0, 1.0, 2.0, random_source=SeededRandomSource(0))
     with pytest.raises(ValueError, match="missing \\['z'\\]"):
         dp.aggregate([update], {**SMALL, "z": (1,)})
@@ -234,7 +225,7 @@ def test_pure_noise_release_has_std_z_s_over_qn() -> None:
 
 def test_noise_with_zero_updates_on_a_large_tensor() -> None:
     shapes = {"w": (N,)}
-    updates = [ClientDelta(_zeros(shapes), n) for n in (1, 7, 30)]
+    updates = [ClientDelta(_zeros(shapes)) for _ in range(3)]
     dp = DpFixedClipping(CLIP, Z, EXPECTED, random_source=SeededRandomSource(77))
     result = dp.aggregate(updates, shapes)
     assert result.noise_std_sum == pytest.approx(Z * CLIP, rel=1e-15)
@@ -336,7 +327,7 @@ def test_adaptive_round_end_to_end_without_noise() -> None:
     c, expected = 1.5, 4.0
     # as received: two device-clipped (one with fp16-style rounding just below C), two not clipped
     norms = [0.5 * c, c, c * (1 - 1e-4), 0.2 * c]
-    updates = [ClientDelta(_random_tensors(rng, SMALL, n), 1) for n in norms]
+    updates = [ClientDelta(_random_tensors(rng, SMALL, n)) for n in norms]
     config = AdaptiveClipping(target_quantile=0.8, clip_learning_rate=0.2, bit_noise_std=0.0, initial_clip_norm=c)
     dp = DpAdaptiveClipping(0.0, expected, config, random_source=SeededRandomSource(0))
     result = dp.aggregate(updates, SMALL, clip_norm=c)
@@ -351,7 +342,7 @@ def test_adaptive_round_reports_z_for_the_ledger_and_z_delta_on_the_sum() -> Non
     config = AdaptiveClipping(0.5, 0.2, 5.0, 1.0)
     dp = DpAdaptiveClipping(1.0, 100.0, config, random_source=SeededRandomSource(1))
     shapes = {"w": (N,)}
-    result = dp.aggregate([ClientDelta(_zeros(shapes), 1)] * 3, shapes, clip_norm=0.4)
+    result = dp.aggregate([ClientDelta(_zeros(shapes))] * 3, shapes, clip_norm=0.4)
     z_delta = (1.0 - (2 * 5.0) ** -2) ** -0.5
     assert result.noise_multiplier == 1.0
     assert result.update_noise_multiplier == pytest.approx(z_delta, rel=1e-15)

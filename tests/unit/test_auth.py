@@ -124,6 +124,18 @@ def test_query_strings_and_unnormalised_paths_are_refused() -> None:
         (HEADER_SIGNATURE, "AB" * 32),
         (HEADER_DEVICE, "-bad"),
         (HEADER_DEVICE, ""),
+        # non-ASCII, trailing newlines (a "$" anchor would admit them), over-long and huge values
+        (HEADER_SIGNATURE, "é" * 64),
+        (HEADER_SIGNATURE, "ab" * 32 + "\n"),
+        (HEADER_SIGNATURE, "ab" * 4096),
+        (HEADER_NONCE, NONCE + "\n"),
+        (HEADER_NONCE, "٠" * 32),  # Arabic-Indic zeros: digits to str.isdigit, not hex
+        (HEADER_TIMESTAMP, f"{NOW}\n"),
+        (HEADER_TIMESTAMP, "9" * 5000),  # past Python's 4300-digit int() limit
+        (HEADER_TIMESTAMP, "١٧٥٠٠٠٠٠٠٠"),  # int() would accept these digits
+        (HEADER_DEVICE, f"{DEVICE}\n"),
+        (HEADER_DEVICE, "dévice-7"),
+        (HEADER_DEVICE, "d" * 129),
     ],
 )
 def test_malformed_header_values_are_rejected_as_malformed(header: str, value: str) -> None:

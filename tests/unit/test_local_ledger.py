@@ -20,6 +20,8 @@ from ondevice.accounting import (
     StepEvent,
     make_accountant,
 )
+from ondevice.protocol import DpConfig
+from ondevice.trainer import check_round_budget
 
 DELTA = 1e-5
 Q, SIGMA = 0.02, 1.1
@@ -310,3 +312,54 @@ def test_budget_refusal_survives_pickling_with_its_numbers() -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert isinstance(copy, PrivacyBudgetExceeded) and str(copy) == "projected 3.0 > budget 2.5"
     assert (copy.spent, copy.planned, copy.projected, copy.budget) == (1.0, 2.0, 3.0, 2.5)
+
+
+# ---------------------------------------------------------------- the round's server-fixed local_delta
+
+
+def test_epsilon_and_budget_at_an_explicit_delta(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    _fill(ledger, rounds=1, steps=10)
+    extra = [StepEvent(Q, SIGMA, 10)]
+    for name in ("pld", "rdp"):
+        at_loose = make_accountant(name).epsilon(ledger.step_events(), 1e-3)
+        assert ledger.epsilon(name, delta=1e-3) == at_loose < ledger.epsilon(name)
+    loose = ledger.projected_epsilon(extra, delta=1e-3)
+    assert loose == make_accountant("pld").epsilon([StepEvent(Q, SIGMA, 20)], 1e-3) < ledger.projected_epsilon(extra)
+    budget = (loose + ledger.projected_epsilon(extra)) / 2  # enough at δ = 1e-3, not at the ledger's 1e-5
+    assert ledger.check_budget(extra, budget, delta=1e-3) == loose
+    with pytest.raises(PrivacyBudgetExceeded, match=re.escape("δ=1e-05")):
+        ledger.check_budget(extra, budget)
+    with pytest.raises(ValueError, match="delta"):
+        ledger.epsilon(delta=0.0)
+
+
+def _round_dp(local_delta: float, steps: int = 10) -> DpConfig:
+    return DpConfig(
+        clip_norm=1.0,
+        noise_multiplier=SIGMA,
+        sampling_rate=Q,
+        local_steps=steps,
+        learning_rate=0.1,
+        local_epsilon_budget=100.0,
+        local_delta=local_delta,
+    )
+
+
+def test_the_trainer_budget_check_uses_the_rounds_local_delta(tmp_path: Path) -> None:
+    """The device ledger was opened at δ = 1e-5; a round fixing local_delta = 1e-3 must be checked at 1e-3
+    (an ε budget that fits only at 1e-3 passes), and one fixing 1e-7 at 1e-7 (it is refused)."""
+    ledger = _ledger(tmp_path)
+    _fill(ledger, rounds=1, steps=10)
+    planned = [StepEvent(Q, SIGMA, 10)]
+    at = {d: ledger.projected_epsilon(planned, delta=d) for d in (1e-3, DELTA, 1e-7)}
+    assert at[1e-3] < at[DELTA] < at[1e-7]
+    between_loose = (at[1e-3] + at[DELTA]) / 2
+    check_round_budget(ledger, _round_dp(1e-3), 0, between_loose)  # ignoring local_delta would refuse this
+    with pytest.raises(PrivacyBudgetExceeded, match=re.escape("δ=0.001")):
+        check_round_budget(ledger, _round_dp(1e-3), 0, at[1e-3] * 0.99)
+    between_strict = (at[DELTA] + at[1e-7]) / 2
+    with pytest.raises(PrivacyBudgetExceeded, match=re.escape("δ=1e-07")):  # ignoring it would pass this
+        check_round_budget(ledger, _round_dp(1e-7), 0, between_strict)
+    check_round_budget(ledger, _round_dp(1e-7), 10, between_strict)  # every step already recorded: nothing planned
+    assert len(ledger.steps()) == 10

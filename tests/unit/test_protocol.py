@@ -75,7 +75,6 @@ def make_update(**overrides: object) -> AdapterUpdate:
             "a.lora_A.weight": rng.standard_normal((8, 384)).astype(np.float32),
             "head.bias": np.zeros(2, np.float32),
         },
-        num_examples=40,
         dp=make_dp(),
         local_epsilon=1.25,
         local_delta=1e-5,
@@ -293,9 +292,9 @@ def test_decode_rejects_missing_metadata_truncation_and_oversize() -> None:
 
 def test_decode_rejects_wrong_metadata_types() -> None:
     meta = make_update().metadata_dict()
-    meta["num_examples"] = "forty"
+    meta["round_id"] = "three"
     blob = _blob_with({"w": np.ones(2, np.float32)}, {"privtune": json.dumps(meta)})
-    with pytest.raises(ProtocolError, match="num_examples"):
+    with pytest.raises(ProtocolError, match="round_id"):
         decode_update(blob)
 
 

@@ -116,8 +116,7 @@ public final class RoundRunner {
         TrainingResult result = trainer.train(round, global, ledger);
         double delta = round.dp().localDelta();
         double epsilon = RdpAccountant.epsilon(ledger.steps(), delta);
-        AdapterUpdate update = UpdateBuilder.build(round, deviceId, global, result.localParams(), result.numExamples(),
-                epsilon, delta, null);
+        AdapterUpdate update = UpdateBuilder.build(round, deviceId, global, result.localParams(), epsilon, delta, null);
         outbox.put(round.roundId(), UpdateCodec.encode(update));
         return deliver(round, epsilon, result.steps().size());
     }

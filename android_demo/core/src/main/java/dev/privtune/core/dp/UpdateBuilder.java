@@ -37,7 +37,7 @@ public final class UpdateBuilder {
      * @throws IllegalArgumentException when the tensor names differ or the delta is not finite
      */
     public static AdapterUpdate build(RoundConfig round, String deviceId, Map<String, Tensor> global,
-            Map<String, Tensor> local, long numExamples, double localEpsilon, double localDelta, String nonce) {
+            Map<String, Tensor> local, double localEpsilon, double localDelta, String nonce) {
         TreeSet<String> diff = new TreeSet<String>(global.keySet());
         diff.addAll(local.keySet());
         TreeSet<String> both = new TreeSet<String>(global.keySet());
@@ -69,7 +69,7 @@ public final class UpdateBuilder {
         }
         Map<String, Tensor> tensors = clipDelta(delta, shapes, round.updateClipNorm(), DType.fromNumpyName(round.updateDtype()));
         return new AdapterUpdate(round.roundId(), deviceId, round.manifestHash(), round.globalAdapterVersion(), tensors,
-                numExamples, round.dp(), localEpsilon, localDelta, nonce == null ? UpdateCodec.newNonce() : nonce);
+                round.dp(), localEpsilon, localDelta, nonce == null ? UpdateCodec.newNonce() : nonce);
     }
 
     /**

@@ -7,7 +7,8 @@ import java.util.Map;
 /**
  * A device's clipped adapter delta for one round, with the DP parameters it used (Python's
  * {@code AdapterUpdate}). Encoded by {@link UpdateCodec} as one safetensors blob whose header
- * metadata carries the JSON fields; the HMAC over the encoded bytes travels beside it.
+ * metadata carries the JSON fields; the HMAC over the encoded bytes travels beside it. The
+ * device's example count is not sent (the server does not use it, and it would be sent in clear).
  */
 public final class AdapterUpdate {
     private static final String OWNER = "AdapterUpdate";
@@ -16,7 +17,6 @@ public final class AdapterUpdate {
     private final String manifestHash;
     private final long globalAdapterVersion;
     private final Map<String, Tensor> tensors;
-    private final long numExamples;
     private final DpConfig dp;
     private final Number localEpsilon;
     private final Number localDelta;
@@ -30,18 +30,17 @@ public final class AdapterUpdate {
      * @throws ProtocolException naming the first invalid field
      */
     public AdapterUpdate(long roundId, String deviceId, String manifestHash, long globalAdapterVersion,
-            Map<String, Tensor> tensors, long numExamples, DpConfig dp, double localEpsilon, double localDelta, String nonce) {
-        this(roundId, deviceId, manifestHash, globalAdapterVersion, tensors, numExamples, dp,
+            Map<String, Tensor> tensors, DpConfig dp, double localEpsilon, double localDelta, String nonce) {
+        this(roundId, deviceId, manifestHash, globalAdapterVersion, tensors, dp,
                 Double.valueOf(localEpsilon), Double.valueOf(localDelta), nonce);
     }
 
     AdapterUpdate(long roundId, String deviceId, String manifestHash, long globalAdapterVersion,
-            Map<String, Tensor> tensors, long numExamples, DpConfig dp, Number localEpsilon, Number localDelta, String nonce) {
+            Map<String, Tensor> tensors, DpConfig dp, Number localEpsilon, Number localDelta, String nonce) {
         this.roundId = Fields.requireInt(OWNER, "round_id", Long.valueOf(roundId), 0);
         this.deviceId = Fields.requireStr(OWNER, "device_id", deviceId, Protocol.ID);
         this.manifestHash = Fields.requireSha256(OWNER, "manifest_hash", manifestHash);
         this.globalAdapterVersion = Fields.requireInt(OWNER, "global_adapter_version", Long.valueOf(globalAdapterVersion), 0);
-        this.numExamples = Fields.requireInt(OWNER, "num_examples", Long.valueOf(numExamples), 0);
         if (dp == null) {
             throw Fields.fail(OWNER, "dp", "must be a DpConfig", null);
         }
@@ -95,11 +94,6 @@ public final class AdapterUpdate {
         return tensors;
     }
 
-    /** Local examples used. */
-    public long numExamples() {
-        return numExamples;
-    }
-
     /** The round's DP parameters, repeated. */
     public DpConfig dp() {
         return dp;
@@ -133,7 +127,6 @@ public final class AdapterUpdate {
         m.put("device_id", deviceId);
         m.put("manifest_hash", manifestHash);
         m.put("global_adapter_version", Long.valueOf(globalAdapterVersion));
-        m.put("num_examples", Long.valueOf(numExamples));
         m.put("dp", dp.toMap());
         m.put("local_epsilon", localEpsilon);
         m.put("local_delta", localDelta);

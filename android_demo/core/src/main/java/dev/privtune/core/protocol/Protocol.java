@@ -6,8 +6,11 @@ import java.util.regex.Pattern;
 public final class Protocol {
     private Protocol() {}
 
-    /** Bumped on any incompatible change to a contract type or to the update encoding. */
-    public static final int PROTOCOL_VERSION = 1;
+    /**
+     * Bumped on any incompatible change to a contract type or to the update encoding (2: updates no
+     * longer carry num_examples).
+     */
+    public static final int PROTOCOL_VERSION = 2;
     /** Hard cap on an encoded AdapterUpdate. */
     public static final int MAX_UPDATE_BYTES = 64 * 1024 * 1024;
     /** Tensor dtypes an update may use. */

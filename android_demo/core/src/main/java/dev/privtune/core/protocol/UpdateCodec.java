@@ -54,7 +54,7 @@ public final class UpdateCodec {
             throw new ProtocolException("AdapterUpdate metadata is not valid UTF-8 JSON: " + e.getMessage(), e);
         }
         Map<String, Object> meta = Fields.checkKeys("AdapterUpdate metadata", parsed, Fields.keys("protocol_version", "round_id",
-                "device_id", "manifest_hash", "global_adapter_version", "num_examples", "dp", "local_epsilon", "local_delta", "nonce"));
+                "device_id", "manifest_hash", "global_adapter_version", "dp", "local_epsilon", "local_delta", "nonce"));
         Fields.requireVersion("AdapterUpdate", meta.get("protocol_version"));
         String owner = "AdapterUpdate";
         return new AdapterUpdate(
@@ -63,7 +63,6 @@ public final class UpdateCodec {
                 stringOrNull(meta.get("manifest_hash")),
                 Fields.requireInt(owner, "global_adapter_version", meta.get("global_adapter_version"), 0),
                 contents.tensors(),
-                Fields.requireInt(owner, "num_examples", meta.get("num_examples"), 0),
                 DpConfig.fromMap(meta.get("dp")),
                 Fields.requireFloat(owner, "local_epsilon", meta.get("local_epsilon"), 0.0, null, false),
                 Fields.requireFloat(owner, "local_delta", meta.get("local_delta"), 0.0, 1.0, false),

@@ -203,7 +203,7 @@ public final class GoldenWriter {
         Map<String, Tensor> local = ordered(Safetensors.decode(AtomicFiles.readAll(golden.file("update_local.safetensors"))).tensors(), order);
         RoundConfig round = RoundConfig.fromMap(testCase.get("round_config"));
         return UpdateBuilder.build(round, (String) testCase.get("device_id"), global, local,
-                ((Number) testCase.get("num_examples")).longValue(), ((Number) testCase.get("local_epsilon")).doubleValue(),
+                ((Number) testCase.get("local_epsilon")).doubleValue(),
                 ((Number) testCase.get("local_delta")).doubleValue(), (String) testCase.get("nonce"));
     }
 

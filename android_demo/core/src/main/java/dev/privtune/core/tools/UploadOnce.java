@@ -74,7 +74,7 @@ public final class UploadOnce {
         }
         Map<String, Tensor> global = api.fetchAdapter(round.globalAdapterVersion(), manifest.trainable());
         Map<String, Tensor> local = perturb(global, scale);
-        AdapterUpdate update = UpdateBuilder.build(round, device, global, local, 8, 0.0, round.dp().localDelta(), null);
+        AdapterUpdate update = UpdateBuilder.build(round, device, global, local, 0.0, round.dp().localDelta(), null);
         byte[] body = UpdateCodec.encode(update);
         String originalMac = UpdateCodec.mac(body, secret);
         HttpTransport transport = new UrlConnectionTransport(30000);

@@ -31,7 +31,7 @@ public class BundleTest {
         AtomicFiles.write(new File(dir, "tokenizer/tokenizer.json"), tokenizer);
         AtomicFiles.write(new File(dir, "adapter/adapter.safetensors"), adapter);
         String tokSha = Digests.sha256Hex(tokenizer);
-        String manifest = "{\"protocol_version\":1,\"base_model_id\":\"m\",\"base_model_sha256\":\"" + ZERO + "\","
+        String manifest = "{\"protocol_version\":2,\"base_model_id\":\"m\",\"base_model_sha256\":\"" + ZERO + "\","
                 + "\"lora\":{\"rank\":2,\"alpha\":16.0,\"targets\":[\"query\"],\"dropout\":0.0},"
                 + "\"trainable\":[{\"name\":\"w\",\"shape\":[2,3],\"dtype\":\"float32\"}],\"max_seq_len\":16,"
                 + "\"labels\":[\"safe\",\"unsafe\"],\"tokenizer_sha256\":\"" + (manifestTokenizerSha == null ? tokSha : manifestTokenizerSha)
@@ -74,7 +74,7 @@ public class BundleTest {
         assertTrue(assertThrows(BundleException.class, () -> Bundle.verify(dir)).getMessage().contains("tokenizer hash disagrees"));
         assertTrue(assertThrows(BundleException.class, () -> Bundle.verify(tmp.newFolder())).getMessage().contains("not found"));
         File bad = bundle("{}", null);
-        AtomicFiles.write(new File(bad, "manifest.json"), "{\"protocol_version\":1}".getBytes(StandardCharsets.UTF_8));
+        AtomicFiles.write(new File(bad, "manifest.json"), "{\"protocol_version\":2}".getBytes(StandardCharsets.UTF_8));
         assertTrue(assertThrows(BundleException.class, () -> Bundle.loadManifest(bad)).getMessage().contains("missing field(s)"));
     }
 

@@ -119,7 +119,7 @@ public class InterfacesTest {
         TrainingResult result = new ToyTrainer().train(round, global, ledger);
         assertEquals(3, result.steps().size());
         assertEquals(3, new LocalLedger(ledger.file()).steps().size());
-        AdapterUpdate update = UpdateBuilder.build(round, "phone-1", global, result.localParams(), result.numExamples(), 0.0,
+        AdapterUpdate update = UpdateBuilder.build(round, "phone-1", global, result.localParams(), 0.0,
                 round.dp().localDelta(), null);
         AdapterUpdate decoded = UpdateCodec.decode(UpdateCodec.encode(update));
         assertEquals(round.roundId(), decoded.roundId());

@@ -72,7 +72,7 @@ public class UpdateBuilderTest {
         Map<String, Tensor> local = plus(global, params(2, 0.5));
         for (String dtype : new String[] {"float32", "float16"}) {
             for (double s : new double[] {0.1, 0.5, 1.0, 3.0}) {
-                AdapterUpdate u = UpdateBuilder.build(round(s, dtype, null), "p", global, local, 4, 0.0, 1e-5, null);
+                AdapterUpdate u = UpdateBuilder.build(round(s, dtype, null), "p", global, local, 0.0, 1e-5, null);
                 double n = norm(u);
                 assertTrue(dtype + " S=" + s + " norm " + n, n <= s);
                 assertTrue(dtype + " S=" + s + " norm " + n, n > s * 0.999); // clipped to S, not far below
@@ -86,7 +86,7 @@ public class UpdateBuilderTest {
         Map<String, Tensor> global = params(1, 0.02);
         Map<String, Tensor> delta = params(3, 1e-3);
         Map<String, Tensor> local = plus(global, delta);
-        AdapterUpdate u = UpdateBuilder.build(round(100.0, "float32", null), "p", global, local, 4, 0.0, 1e-5, null);
+        AdapterUpdate u = UpdateBuilder.build(round(100.0, "float32", null), "p", global, local, 0.0, 1e-5, null);
         for (String k : global.keySet()) {
             double[] g = global.get(k).toDoubles();
             double[] l = local.get(k).toDoubles();
@@ -102,7 +102,7 @@ public class UpdateBuilderTest {
     public void trainRankKeepsTheFirstComponents() {
         Map<String, Tensor> global = params(1, 0.02);
         Map<String, Tensor> local = plus(global, params(4, 1e-3));
-        AdapterUpdate u = UpdateBuilder.build(round(100.0, "float32", 3L), "p", global, local, 4, 0.0, 1e-5, null);
+        AdapterUpdate u = UpdateBuilder.build(round(100.0, "float32", 3L), "p", global, local, 0.0, 1e-5, null);
         assertArrayEquals(new int[] {3, 16}, u.tensors().get("l0.q.lora_A.weight").shape());
         assertArrayEquals(new int[] {16, 3}, u.tensors().get("l0.q.lora_B.weight").shape());
         assertArrayEquals(new int[] {2, 16}, u.tensors().get("classifier.weight").shape());
@@ -116,10 +116,10 @@ public class UpdateBuilderTest {
         Map<String, Tensor> global = params(1, 0.02);
         Map<String, Tensor> local = new LinkedHashMap<String, Tensor>(global);
         local.remove("classifier.weight");
-        assertThrows(IllegalArgumentException.class, () -> UpdateBuilder.build(round(1.0, "float32", null), "p", global, local, 1, 0, 0, null));
+        assertThrows(IllegalArgumentException.class, () -> UpdateBuilder.build(round(1.0, "float32", null), "p", global, local, 0, 0, null));
         Map<String, Tensor> inf = new LinkedHashMap<String, Tensor>(global);
         inf.put("classifier.weight", new Tensor(new int[] {2, 16}, DType.FLOAT32, filled(32, Float.POSITIVE_INFINITY)));
-        assertThrows(IllegalArgumentException.class, () -> UpdateBuilder.build(round(1.0, "float32", null), "p", global, inf, 1, 0, 0, null));
+        assertThrows(IllegalArgumentException.class, () -> UpdateBuilder.build(round(1.0, "float32", null), "p", global, inf, 0, 0, null));
     }
 
     private static float[] filled(int n, float v) {

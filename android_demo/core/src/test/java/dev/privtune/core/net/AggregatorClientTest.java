@@ -23,7 +23,7 @@ import org.junit.Test;
 public class AggregatorClientTest {
     static final byte[] SECRET = UploadClientTest.SECRET;
     static final String HASH = "ef00000000000000000000000000000000000000000000000000000000000000";
-    static final String ROUND = "{\"protocol_version\":1,\"round_id\":3,\"manifest_hash\":\"" + HASH + "\",\"global_adapter_version\":2,"
+    static final String ROUND = "{\"protocol_version\":2,\"round_id\":3,\"manifest_hash\":\"" + HASH + "\",\"global_adapter_version\":2,"
             + "\"dp\":{\"clip_norm\":1.0,\"noise_multiplier\":1.1,\"sampling_rate\":0.25,\"local_steps\":4,\"learning_rate\":0.05,"
             + "\"optimizer\":\"sgd\",\"local_epsilon_budget\":8.0,\"local_delta\":1e-05,\"dp_sat_rho\":0.0,\"unit_sparsity\":0.0,"
             + "\"train_rank\":null},\"update_clip_norm\":1.0,\"deadline_unix\":1752345678.5,\"update_dtype\":\"float16\"}";

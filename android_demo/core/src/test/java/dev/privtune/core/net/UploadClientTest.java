@@ -48,7 +48,7 @@ public class UploadClientTest {
     }
 
     static String receipt(String sha) {
-        return "{\"protocol_version\":1,\"round_id\":4,\"device_id\":\"" + DEVICE + "\",\"update_sha256\":\"" + sha
+        return "{\"protocol_version\":2,\"round_id\":4,\"device_id\":\"" + DEVICE + "\",\"update_sha256\":\"" + sha
                 + "\",\"accepted_at_unix\":1752345678.5}";
     }
 

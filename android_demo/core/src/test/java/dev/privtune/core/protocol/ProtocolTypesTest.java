@@ -14,7 +14,7 @@ public class ProtocolTypesTest {
     static final String HASH = "ab" + "0000000000000000000000000000000000000000000000000000000000000000".substring(2);
 
     static String roundJson(String clipNorm) {
-        return "{\"protocol_version\":1,\"round_id\":3,\"manifest_hash\":\"" + HASH + "\",\"global_adapter_version\":2,"
+        return "{\"protocol_version\":2,\"round_id\":3,\"manifest_hash\":\"" + HASH + "\",\"global_adapter_version\":2,"
                 + "\"dp\":{\"clip_norm\":" + clipNorm + ",\"noise_multiplier\":1.1,\"sampling_rate\":0.25,\"local_steps\":4,"
                 + "\"learning_rate\":0.05,\"optimizer\":\"sgd\",\"local_epsilon_budget\":8.0,\"local_delta\":1e-05,"
                 + "\"dp_sat_rho\":0.0,\"unit_sparsity\":0.0,\"train_rank\":null},"
@@ -44,7 +44,7 @@ public class ProtocolTypesTest {
         assertMessage(roundJson("true"), "DpConfig.clip_norm must be a number");
         assertMessage(roundJson("\"1\""), "DpConfig.clip_norm must be a number");
         assertMessage(roundJson("1.0").replace("\"optimizer\":\"sgd\"", "\"optimizer\":\"adam\""), "DpConfig.optimizer must be one of");
-        assertMessage(roundJson("1.0").replace("\"protocol_version\":1", "\"protocol_version\":2"), "not supported by this build");
+        assertMessage(roundJson("1.0").replace("\"protocol_version\":2", "\"protocol_version\":1"), "not supported by this build");
         assertMessage(roundJson("1.0").replace("\"round_id\":3,", ""), "RoundConfig is missing field(s) [round_id]");
         assertMessage(roundJson("1.0").replace("\"round_id\":3,", "\"round_id\":3,\"extra\":1,"), "RoundConfig has unknown field(s) [extra]");
         assertMessage(roundJson("1.0").replace("\"round_id\":3", "\"round_id\":3.0"), "RoundConfig.round_id must be an int");
@@ -72,10 +72,10 @@ public class ProtocolTypesTest {
         ErrorBody error = ErrorBody.fromMap(Json.parse("{\"reason\":\"bad_signature\",\"message\":\"update MAC does not verify\"}"));
         assertEquals(RejectionReason.BAD_SIGNATURE, error.reason());
         assertThrows(ProtocolException.class, () -> ErrorBody.fromMap(Json.parse("{\"reason\":\"nope\",\"message\":\"x\"}")));
-        UpdateReceipt receipt = UpdateReceipt.fromMap(Json.parse("{\"protocol_version\":1,\"round_id\":0,\"device_id\":\"p-1\","
+        UpdateReceipt receipt = UpdateReceipt.fromMap(Json.parse("{\"protocol_version\":2,\"round_id\":0,\"device_id\":\"p-1\","
                 + "\"update_sha256\":\"" + HASH + "\",\"accepted_at_unix\":1.5}"));
         assertEquals("p-1", receipt.deviceId());
-        assertThrows(ProtocolException.class, () -> UpdateReceipt.fromMap(Json.parse("{\"protocol_version\":1,\"round_id\":0,"
+        assertThrows(ProtocolException.class, () -> UpdateReceipt.fromMap(Json.parse("{\"protocol_version\":2,\"round_id\":0,"
                 + "\"device_id\":\"bad id\",\"update_sha256\":\"" + HASH + "\",\"accepted_at_unix\":1.5}")));
     }
 }

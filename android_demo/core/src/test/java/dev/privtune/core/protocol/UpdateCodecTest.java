@@ -28,7 +28,7 @@ public class UpdateCodecTest {
         }
         RoundConfig round = RoundConfig.of(5, ProtocolTypesTest.HASH, 4, DpConfig.of(1.0, 1.1, 0.25, 4, 0.05, "sgd"), 1.0,
                 1.7e9, dtype.numpyName());
-        return new AdapterUpdate(round.roundId(), "phone-1", round.manifestHash(), round.globalAdapterVersion(), tensors, 12,
+        return new AdapterUpdate(round.roundId(), "phone-1", round.manifestHash(), round.globalAdapterVersion(), tensors,
                 round.dp(), 1.25, 1e-5, "00112233445566778899aabbccddeeff");
     }
 
@@ -38,7 +38,7 @@ public class UpdateCodecTest {
             byte[] blob = UpdateCodec.encode(update(dtype));
             AdapterUpdate back = UpdateCodec.decode(blob);
             assertEquals(dtype, back.dtype());
-            assertEquals(12, back.numExamples());
+            assertFalse(back.metadataMap().containsKey("num_examples"));
             assertEquals("phone-1", back.deviceId());
             assertEquals(update(dtype).tensors().get("layer.lora_A.weight"), back.tensors().get("layer.lora_A.weight"));
             assertArrayEquals(blob, UpdateCodec.encode(back));
@@ -69,12 +69,12 @@ public class UpdateCodecTest {
         AdapterUpdate ok = update(DType.FLOAT32);
         Map<String, Tensor> nan = new LinkedHashMap<String, Tensor>();
         nan.put("w", new Tensor(new int[] {1}, DType.FLOAT32, new float[] {Float.NaN}));
-        assertThrows(ProtocolException.class, () -> new AdapterUpdate(0, "p", ok.manifestHash(), 0, nan, 1, ok.dp(), 0, 0, ok.nonce()));
+        assertThrows(ProtocolException.class, () -> new AdapterUpdate(0, "p", ok.manifestHash(), 0, nan, ok.dp(), 0, 0, ok.nonce()));
         Map<String, Tensor> mixed = new LinkedHashMap<String, Tensor>(ok.tensors());
         mixed.put("h", new Tensor(new int[] {1}, DType.FLOAT16, new float[] {1f}));
-        assertThrows(ProtocolException.class, () -> new AdapterUpdate(0, "p", ok.manifestHash(), 0, mixed, 1, ok.dp(), 0, 0, ok.nonce()));
-        assertThrows(ProtocolException.class, () -> new AdapterUpdate(0, "p", ok.manifestHash(), 0, ok.tensors(), 1, ok.dp(), 0, 0, "xyz"));
-        assertThrows(ProtocolException.class, () -> new AdapterUpdate(0, "bad id", ok.manifestHash(), 0, ok.tensors(), 1, ok.dp(), 0, 0,
+        assertThrows(ProtocolException.class, () -> new AdapterUpdate(0, "p", ok.manifestHash(), 0, mixed, ok.dp(), 0, 0, ok.nonce()));
+        assertThrows(ProtocolException.class, () -> new AdapterUpdate(0, "p", ok.manifestHash(), 0, ok.tensors(), ok.dp(), 0, 0, "xyz"));
+        assertThrows(ProtocolException.class, () -> new AdapterUpdate(0, "bad id", ok.manifestHash(), 0, ok.tensors(), ok.dp(), 0, 0,
                 ok.nonce()));
         assertEquals(32, UpdateCodec.newNonce().length());
     }
@@ -84,9 +84,14 @@ public class UpdateCodecTest {
         Map<String, Tensor> t = new LinkedHashMap<String, Tensor>();
         t.put("w", new Tensor(new int[] {1}, DType.FLOAT32, new float[] {1f}));
         assertThrows(ProtocolException.class, () -> UpdateCodec.decode(Safetensors.encode(t, null)));
-        String meta = JsonWriter.canonical(update(DType.FLOAT32).metadataMap()).replace("\"protocol_version\":1", "\"protocol_version\":9");
+        String meta = JsonWriter.canonical(update(DType.FLOAT32).metadataMap()).replace("\"protocol_version\":2", "\"protocol_version\":9");
         byte[] blob = Safetensors.encode(t, java.util.Collections.singletonMap("privtune", meta));
         ProtocolException e = assertThrows(ProtocolException.class, () -> UpdateCodec.decode(blob));
         assertTrue(e.getMessage().contains("not supported by this build"));
+        Map<String, Object> withCount = new LinkedHashMap<String, Object>(update(DType.FLOAT32).metadataMap());
+        withCount.put("num_examples", Long.valueOf(12)); // protocol 1's field: no longer part of an update
+        byte[] counted = Safetensors.encode(t, java.util.Collections.singletonMap("privtune", JsonWriter.canonical(withCount)));
+        ProtocolException unknown = assertThrows(ProtocolException.class, () -> UpdateCodec.decode(counted));
+        assertTrue(unknown.getMessage(), unknown.getMessage().contains("num_examples"));
     }
 }

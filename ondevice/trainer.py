@@ -234,6 +234,10 @@ class LocalTrainer:
             start = int(progress["steps_done"])
         recorded = sum(1 for s in self.ledger.steps() if s.round_id == round_config.round_id)
         self._check_budget(round_config, recorded)
+        if found is None and dp.optimizer != "sgd":
+            # A fresh round starts from fresh optimizer state: moments carried over from an earlier round
+            # would hold that round's frozen coordinates' noise-free gradients, which a later release exposes.
+            self._backend = None
         backend = self._backend_for(dp.optimizer, dp.learning_rate)
         previous_update: dict[str, np.ndarray] | None = None
         if found is not None:

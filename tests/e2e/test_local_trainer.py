@@ -207,6 +207,25 @@ class LocalTrainerContract:
         a_mask = masks["encoder.layer.0.attention.self.query.lora_A.weight"]
         assert not a_mask[4:].any() and (~a_mask[:4]).sum() == 4 * math.floor(0.25 * 384)
 
+    def test_adamw_state_does_not_carry_into_the_next_round(
+        self, bundle_dir: Path, manifest: ArtifactManifest, tweets: LabelledTexts, tmp_path: Path
+    ) -> None:
+        """Round 2 after round 1 equals round 2 on a fresh device: no moment (which held round 1's frozen,
+        noise-free coordinates) survives into a later release."""
+        start = load_file(str(bundle_dir / manifest.file("adapter").path))
+        settings = {"local_steps": 2, "optimizer": "adamw", "learning_rate": 0.01, "unit_sparsity": 0.25}
+        first, second = make_round(manifest, 1, **settings), make_round(manifest, 2, **settings)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        carried = self.trainer(bundle_dir, manifest, tweets, tmp_path / "a", seeded_steps(5))
+        after_one = carried.run_round(first, start).parameters
+        continued = carried.run_round(second, after_one).parameters
+        fresh = self.trainer(bundle_dir, manifest, tweets, tmp_path / "b", seeded_steps(5)).run_round(
+            second, after_one
+        )
+        for name in start:
+            np.testing.assert_allclose(continued[name], fresh.parameters[name], rtol=0, atol=1e-6)
+
     def test_budget_is_enforced_before_any_step(
         self, bundle_dir: Path, manifest: ArtifactManifest, tweets: LabelledTexts, tmp_path: Path
     ) -> None:

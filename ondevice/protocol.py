@@ -590,7 +590,7 @@ def _tensor_dtype_name(array: np.ndarray) -> str:
     return str(array.dtype)
 
 
-_UPDATE_FIELDS = frozenset(
+UPDATE_METADATA_FIELDS = frozenset(
     {
         "protocol_version",
         "round_id",
@@ -779,7 +779,7 @@ def _update_metadata(text: str) -> dict[str, Any]:
             "update privtune on the older side",
             reason=RejectionReason.UNSUPPORTED_VERSION,
         )
-    _check_keys("AdapterUpdate metadata", meta, set(_UPDATE_FIELDS))
+    _check_keys("AdapterUpdate metadata", meta, set(UPDATE_METADATA_FIELDS))
     _require_version("AdapterUpdate", meta["protocol_version"])
     return meta
 

@@ -107,3 +107,14 @@ def global_params(bundle_dir: Path, manifest):  # type: ignore[no-untyped-def]
 
     adapter = load_file(str(bundle_dir / manifest.file("adapter").path))
     return {s.name: np.asarray(adapter[s.name], dtype=np.float32) for s in manifest.trainable}
+
+
+@pytest.fixture()
+def tmp_config(tmp_path: Path, bundle_dir: Path, classifier_dir: Path):  # type: ignore[no-untyped-def]
+    """``build(**overrides)`` → a ``ServerConfig`` in ``tmp_path`` over the session bundle (server tests)."""
+    from tests.server_harness import make_config
+
+    def build(**overrides):  # type: ignore[no-untyped-def]
+        return make_config(tmp_path, bundle_dir, classifier_dir, **overrides)
+
+    return build

@@ -15,6 +15,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from ondevice.protocol import UPDATE_METADATA_FIELDS
+
 Mutation = Callable[[bytes], bytes]
 
 
@@ -188,17 +190,7 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
-FIELDS = (
-    "protocol_version",
-    "round_id",
-    "device_id",
-    "manifest_hash",
-    "global_adapter_version",
-    "dp",
-    "local_epsilon",
-    "local_delta",
-    "nonce",
-)
+FIELDS = tuple(sorted(UPDATE_METADATA_FIELDS))
 RAW_VALUES = st.sampled_from(
     ["9" * 5000, "-" + "9" * 30, "1e999", "-1e999", "NaN", "Infinity", "[" * 3000 + "]" * 3000, '"\\ud800"', "1.5"]
 )

@@ -34,21 +34,12 @@ from tests.server_harness import (
     LiveServer,
     admin,
     enroll,
-    make_config,
     make_update,
     post_update,
     upload_headers,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture()
-def tmp_config(tmp_path: Path, bundle_dir: Path, classifier_dir: Path):  # type: ignore[no-untyped-def]
-    def build(**overrides):  # type: ignore[no-untyped-def]
-        return make_config(tmp_path, bundle_dir, classifier_dir, **overrides)
-
-    return build
 
 
 def _open(http: httpx.Client) -> RoundConfig:

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from ondevice.protocol import RejectionReason, sha256_hex
@@ -130,6 +131,16 @@ def create_app(service: Aggregator, *, run_closer: bool = True) -> FastAPI:
     )
     app.state.service = service
     app.add_middleware(HeaderCap)
+
+    @app.exception_handler(OperationalError)
+    async def storage_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+        """A full disk or a locked/unreachable database: 503 + Retry-After (devices retry; nothing was stored)."""
+        log.error("storage unavailable: %s", str(exc).splitlines()[0][:300])
+        return JSONResponse(
+            {"error": "the server cannot write its database right now; retry later"},
+            status_code=503,
+            headers={"Retry-After": "30"},
+        )
 
     def refuse(rejection: Rejection) -> JSONResponse:
         service.record_rejection(rejection)

@@ -459,3 +459,34 @@ def test_upload_headers_are_checked_before_the_body(tmp_config) -> None:  # type
         assert 400 <= response.status_code < 500
         assert sha256_hex(body) == upload_headers(device, secret, 0, body)[IDEMPOTENCY_HEADER]
     service.close()
+
+
+def test_a_full_disk_is_a_retryable_503_and_the_retry_lands(tmp_config) -> None:  # type: ignore[no-untyped-def]
+    """SQLite's own 'database or disk is full' (page cap) on an upload: 503 + Retry-After, nothing stored."""
+    from sqlalchemy import event
+
+    service = Aggregator(tmp_config(clients_per_round=1))
+    with LiveServer(service) as server, httpx.Client(base_url=server.url) as http:
+        device, secret = enroll(http, "phone")
+        cfg = _open(http)
+        http.post("/v1/checkin", content=b"{}", headers=signed_headers(device, secret, "POST", "/v1/checkin", b"{}"))
+        body = encode_update(make_update(cfg, device, service.adapter_params(0), seed=1))
+        with service.db.write() as conn:  # use up the free pages first, so the cap below binds
+            free = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0)
+            conn.exec_driver_sql("CREATE TABLE filler (b BLOB)")
+            conn.exec_driver_sql(f"INSERT INTO filler VALUES (zeroblob({(free + 4) * 4096}))")
+        with service.db.read() as conn:
+            pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar() or 0)
+
+        def cap(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            dbapi_connection.execute(f"PRAGMA max_page_count = {pages + 2}")
+
+        event.listen(service.db.engine, "connect", cap)
+        service.db.engine.dispose()
+        full = post_update(http, device, secret, cfg.round_id, body)
+        assert full.status_code == 503 and full.headers["retry-after"] == "30", full.text
+        event.remove(service.db.engine, "connect", cap)
+        service.db.engine.dispose()
+        assert post_update(http, device, secret, cfg.round_id, body).status_code == 201
+        assert admin(http, "GET", "/v1/status").json()["accepted_total"] == 1
+    service.close()

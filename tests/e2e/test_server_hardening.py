@@ -336,9 +336,19 @@ def test_startup_removes_partials_rewrites_damaged_folders_and_refuses_damaged_s
     assert not partial.exists()
     assert damaged.read_bytes() == original  # re-written from the database's verified tensors
     service.close()
-    # a damaged tensor blob in the database: never served, and start-up refuses with a clear message
-    with sqlite3.connect(tmp_path / "state.db") as conn:
-        conn.execute("UPDATE versions SET params = zeroblob(length(params)) WHERE version = 0")
+    # a damaged tensor blob in the database: never served (503), and start-up refuses with a clear message
+    service = Aggregator(config)
+    with LiveServer(service) as server, httpx.Client(base_url=server.url) as http:
+        device, secret = enroll(http, "phone")
+        served = http.get("/v1/adapters/0", headers=signed_headers(device, secret, "GET", "/v1/adapters/0", b""))
+        assert served.status_code == 200
+        with sqlite3.connect(tmp_path / "state.db") as conn:
+            conn.execute("UPDATE versions SET params = zeroblob(length(params)) WHERE version = 0")
+        damaged_answer = http.get(
+            "/v1/adapters/0", headers=signed_headers(device, secret, "GET", "/v1/adapters/0", b"")
+        )
+        assert damaged_answer.status_code == 503, damaged_answer.text
+    service.close()
     with pytest.raises(ServiceError, match="version 0 is damaged in the database"):
         Aggregator(config)
     # a file that is not a database at all: a DatabaseError naming the file and what to do

@@ -20,6 +20,12 @@ from torch import nn
 from export.classifier import Classifier
 from ondevice.data import LabelledTexts
 from ondevice.randomness import RandomSource
+from server_aggregator.synthetic.classifier_cache import (
+    LowerCache,
+    TopClassifier,
+    cached_per_example_loss,
+    freeze_lower_lora,
+)
 from server_aggregator.synthetic.dp_sgd import Checkpointing, DpSgdPlan, DpTrainingResult, train_dp_sgd
 
 
@@ -107,26 +113,41 @@ def train_classifier_dp(
     on_step: Callable[[int, float, int], None] | None = None,
     micro_batch_size: int | None = None,
     checkpointing: Checkpointing | None = None,
+    top_layers: int | None = None,
 ) -> DpTrainingResult:
     """DP-SGD (Poisson sampling, per-example clipping, secure noise) on the classifier's LoRA + head.
 
-    Large Poisson batches run in length-sorted micro-batches of ≤ ``micro_batch_size`` (less padding)."""
+    Large Poisson batches run in length-sorted micro-batches of ≤ ``micro_batch_size`` (less padding).
+    ``top_layers`` = k: LoRA is trained in the top k encoder layers only (the rest stays as it is),
+    and the layers below run once per example (``classifier_cache``): the same mechanism, cheaper steps."""
     _check_labels(clf, data)
     if plan.num_examples != len(data):
         raise ValueError(f"the plan is for {plan.num_examples} examples but the data has {len(data)}")
+    model: nn.Module = clf.model
+    loss_fn = per_example_classifier_loss(clf, data)
+    frozen: list[nn.Parameter] = []
+    if top_layers is not None:
+        frozen = freeze_lower_lora(clf, top_layers)
+        top = TopClassifier(clf, top_layers)
+        model = top
+        loss_fn = cached_per_example_loss(LowerCache(clf, data.texts, top.lower_layers), data)
     params = list(clf.trainable_parameters().values())
-    result = train_dp_sgd(
-        clf.model,
-        params,
-        per_example_classifier_loss(clf, data),
-        plan,
-        learning_rate=learning_rate,
-        random_source=random_source,
-        on_step=on_step,
-        micro_batch_size=micro_batch_size,
-        sort_key=lambda i: len(data.texts[i]),
-        checkpointing=checkpointing,
-    )
+    try:
+        result = train_dp_sgd(
+            model,
+            params,
+            loss_fn,
+            plan,
+            learning_rate=learning_rate,
+            random_source=random_source,
+            on_step=on_step,
+            micro_batch_size=micro_batch_size,
+            sort_key=lambda i: len(data.texts[i]),
+            checkpointing=checkpointing,
+        )
+    finally:
+        for param in frozen:
+            param.requires_grad_(True)
     clf.model.eval()
     return result
 

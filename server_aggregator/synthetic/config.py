@@ -25,6 +25,8 @@ class DpTraining:
     """When set, the step count is min(max_steps, ⌈epochs · n / B⌉) for the data size n."""
     micro_batch_size: int | None = None
     """Process a Poisson batch in pieces of at most this many examples (memory), one noise draw per step."""
+    top_layers: int | None = None
+    """Classifier DP-SGD only: train LoRA in the top k encoder layers, on cached states of the layers below."""
 
     def steps_for(self, num_examples: int) -> int:
         if self.epochs is None:
@@ -39,6 +41,8 @@ class DpTraining:
             not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 1
         ):
             raise ValueError(f"micro_batch_size must be None or an int >= 1, found {self.micro_batch_size!r}")
+        if self.top_layers is not None and (not isinstance(self.top_layers, int) or self.top_layers < 1):
+            raise ValueError(f"top_layers must be None or an int >= 1, found {self.top_layers!r}")
         if not isinstance(self.expected_batch_size, int) or self.expected_batch_size < 1:
             raise ValueError(f"expected_batch_size must be an int >= 1, found {self.expected_batch_size!r}")
         if not isinstance(self.max_steps, int) or self.max_steps < 1:

@@ -578,6 +578,7 @@ def run_epsilon(
                 on_step=lambda s, v, b: progress(f"DP-SGD LoRA on real data: step {s + 1}/{dp_plan.steps}, batch {b}"),
                 micro_batch_size=dp_settings.micro_batch_size,
                 checkpointing=_checkpointing(run_dir / "checkpoints" / "baseline-dp.pt"),
+                top_layers=dp_settings.top_layers,
             )
             progress("evaluating the DP-SGD baseline on the real test split")
             metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from export.classifier import Classifier, ClassifierSpec, LoraSpec, build_classifier
+from export.classifier import Classifier, ClassifierSpec, build_classifier
 from ondevice.data import LabelledTexts
+from ondevice.protocol import LoraSpec
 from ondevice.randomness import SeededRandomSource
 from server_aggregator.synthetic.classifier_cache import (
     LowerCache,

@@ -114,6 +114,8 @@ def train_classifier_dp(
     micro_batch_size: int | None = None,
     checkpointing: Checkpointing | None = None,
     top_layers: int | None = None,
+    optimizer: str = "adamw",
+    lr_schedule: str = "constant",
 ) -> DpTrainingResult:
     """DP-SGD (Poisson sampling, per-example clipping, secure noise) on the classifier's LoRA + head.
 
@@ -144,6 +146,8 @@ def train_classifier_dp(
             micro_batch_size=micro_batch_size,
             sort_key=lambda i: len(data.texts[i]),
             checkpointing=checkpointing,
+            optimizer=optimizer,
+            lr_schedule=lr_schedule,
         )
     finally:
         for param in frozen:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from server_aggregator.synthetic.classifier_training import ClassifierTraining
-from server_aggregator.synthetic.dp_sgd import DEFAULT_MAX_NOISE_MULTIPLIER
+from server_aggregator.synthetic.dp_sgd import DEFAULT_MAX_NOISE_MULTIPLIER, check_optimizer_choice
 from server_aggregator.synthetic.sampling import SamplingSettings
 
 
@@ -27,6 +27,10 @@ class DpTraining:
     """Process a Poisson batch in pieces of at most this many examples (memory), one noise draw per step."""
     top_layers: int | None = None
     """Classifier DP-SGD only: train LoRA in the top k encoder layers, on cached states of the layers below."""
+    optimizer: str = "adamw"
+    """"adamw" (no weight decay) or "sgd" (plain, no momentum)."""
+    lr_schedule: str = "constant"
+    """"constant" or "linear" (lr·(1 − s/T) at step s)."""
 
     def steps_for(self, num_examples: int) -> int:
         if self.epochs is None:
@@ -41,6 +45,7 @@ class DpTraining:
             not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 1
         ):
             raise ValueError(f"micro_batch_size must be None or an int >= 1, found {self.micro_batch_size!r}")
+        check_optimizer_choice(self.optimizer, self.lr_schedule)
         if self.top_layers is not None and (not isinstance(self.top_layers, int) or self.top_layers < 1):
             raise ValueError(f"top_layers must be None or an int >= 1, found {self.top_layers!r}")
         if not isinstance(self.expected_batch_size, int) or self.expected_batch_size < 1:

@@ -329,6 +329,34 @@ def draw_poisson_batches(plan: DpSgdPlan, random_source: RandomSource) -> list[n
     return [poisson_sample(plan.num_examples, plan.sampling_rate, random_source) for _ in range(plan.steps)]
 
 
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("constant", "linear")
+
+
+def check_optimizer_choice(optimizer: str, lr_schedule: str) -> None:
+    """Refuse an unknown optimiser or learning-rate schedule name, naming the choices."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, found {optimizer!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, found {lr_schedule!r}")
+
+
+def scheduled_learning_rate(learning_rate: float, step: int, steps: int, lr_schedule: str) -> float:
+    """The learning rate of 0-based ``step`` of ``steps``: constant, or linear from lr down to lr / steps."""
+    check_optimizer_choice("adamw", lr_schedule)
+    if not 0 <= step < steps:
+        raise ValueError(f"step must be in 0..{steps - 1}, found {step!r}")
+    if lr_schedule == "constant":
+        return learning_rate
+    return learning_rate * (1.0 - step / steps)
+
+
+def _make_optimizer(name: str, parameters: Sequence[nn.Parameter], learning_rate: float) -> torch.optim.Optimizer:
+    if name == "sgd":  # plain SGD: the noise enters the weights at its own scale (no per-coordinate rescaling)
+        return torch.optim.SGD(parameters, lr=learning_rate)
+    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+
+
 def train_dp_sgd(
     model: nn.Module,
     parameters: Sequence[nn.Parameter],
@@ -342,8 +370,13 @@ def train_dp_sgd(
     sort_key: Callable[[int], int] | None = None,
     checkpointing: Checkpointing | None = None,
     batches: Sequence[np.ndarray] | None = None,
+    optimizer: str = "adamw",
+    lr_schedule: str = "constant",
 ) -> DpTrainingResult:
-    """Run ``plan.steps`` DP-SGD steps (AdamW on ``parameters``) and return the per-step losses.
+    """Run ``plan.steps`` DP-SGD steps on ``parameters`` and return the per-step losses.
+
+    ``optimizer``: "adamw" (no weight decay) or "sgd" (plain); ``lr_schedule``: "constant" or
+    "linear" (lr at step s is lr·(1 − s/T); a resumed run continues the same schedule).
 
     A large Poisson batch is processed in micro-batches of ≤ ``micro_batch_size`` examples (Opacus'
     skipped steps: each piece's per-example gradients are clipped and summed; the noise is drawn
@@ -357,12 +390,15 @@ def train_dp_sgd(
         raise ValueError(f"micro_batch_size must be None or >= 1, found {micro_batch_size!r}")
     if batches is not None and len(batches) != plan.steps:
         raise ValueError(f"batches must hold one Poisson batch per step ({plan.steps}), found {len(batches)}")
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
-    start, losses, sizes = _load_checkpoint(checkpointing, plan, parameters, optimizer)
-    wrapped, dp_optimizer = make_private(model, optimizer, plan, random_source)
+    check_optimizer_choice(optimizer, lr_schedule)
+    inner = _make_optimizer(optimizer, parameters, learning_rate)
+    start, losses, sizes = _load_checkpoint(checkpointing, plan, parameters, inner)
+    wrapped, dp_optimizer = make_private(model, inner, plan, random_source)
     try:
         with _quiet_hooks():
             for step in range(start, plan.steps):
+                for group in inner.param_groups:
+                    group["lr"] = scheduled_learning_rate(learning_rate, step, plan.steps, lr_schedule)
                 if batches is None:
                     indices = poisson_sample(plan.num_examples, plan.sampling_rate, random_source)  # [b]
                 else:
@@ -391,7 +427,7 @@ def train_dp_sgd(
                     on_step(step, loss_value, int(indices.size))
                 done = step + 1
                 if checkpointing is not None and (done % checkpointing.every == 0 or done == plan.steps):
-                    _save_checkpoint(checkpointing, plan, done, parameters, optimizer, losses, sizes)
+                    _save_checkpoint(checkpointing, plan, done, parameters, inner, losses, sizes)
     finally:
         wrapped._close()
     return DpTrainingResult(tuple(losses), tuple(sizes))

@@ -267,6 +267,7 @@ def _train_generator(
         model, params, loss, plan, learning_rate=preset.generator.learning_rate, random_source=source,
         on_step=on_step, micro_batch_size=preset.generator.micro_batch_size, sort_key=lambda i: lengths[i],
         checkpointing=_checkpointing(checkpoints / "generator.pt"), batches=batches,
+        optimizer=preset.generator.optimizer, lr_schedule=preset.generator.lr_schedule,
     )  # fmt: skip
     release = Release.from_plan("generator", "DP-SGD of the generator's LoRA (prefix-LM loss)", plan)
     target = run_dir / "generator"
@@ -579,6 +580,8 @@ def run_epsilon(
                 micro_batch_size=dp_settings.micro_batch_size,
                 checkpointing=_checkpointing(run_dir / "checkpoints" / "baseline-dp.pt"),
                 top_layers=dp_settings.top_layers,
+                optimizer=dp_settings.optimizer,
+                lr_schedule=dp_settings.lr_schedule,
             )
             progress("evaluating the DP-SGD baseline on the real test split")
             metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}

@@ -333,17 +333,20 @@ OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("constant", "linear")
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, found {value!r}")
+
+
 def check_optimizer_choice(optimizer: str, lr_schedule: str) -> None:
     """Refuse an unknown optimiser or learning-rate schedule name, naming the choices."""
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, found {optimizer!r}")
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, found {lr_schedule!r}")
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
 
 
 def scheduled_learning_rate(learning_rate: float, step: int, steps: int, lr_schedule: str) -> float:
     """The learning rate of 0-based ``step`` of ``steps``: constant, or linear from lr down to lr / steps."""
-    check_optimizer_choice("adamw", lr_schedule)
+    _check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     if not 0 <= step < steps:
         raise ValueError(f"step must be in 0..{steps - 1}, found {step!r}")
     if lr_schedule == "constant":

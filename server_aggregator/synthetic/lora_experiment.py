@@ -99,12 +99,11 @@ def _features(model: TopClassifier, cache: LowerCache, count: int) -> np.ndarray
     return torch.cat(captured).numpy().astype(np.float64)  # [N, H]
 
 
-def _trainable(clf: Classifier, config: LoraExperiment) -> None:
-    for param in clf.model.parameters():
-        param.requires_grad_(False)
-    for name, param in clf.model.named_parameters():
-        if "lora_" in name or (config.train_head and name.startswith("head")):
-            param.requires_grad_(True)
+def _freeze_for_run(clf: Classifier, config: LoraExperiment) -> None:
+    """A fresh classifier trains LoRA + head; keep the head fixed if asked, and the lower layers' LoRA always."""
+    if not config.train_head:
+        for param in clf.model.head.parameters():
+            param.requires_grad_(False)
     freeze_lower_lora(clf, config.top_layers)
 
 
@@ -145,8 +144,8 @@ def run_lora_experiment(
         )
         install_head(clf, probe.result.weight, probe.result.bias)
         prior = probe.releases
-        out["probe"] = {name: _metrics(clf, split) for name, split in evaluations.items()}
-    _trainable(clf, config)
+        out["probe"] = {name: _summary(evaluate_classifier(clf, split)) for name, split in evaluations.items()}
+    _freeze_for_run(clf, config)
     plan = calibrate_last(
         prior,
         total_epsilon=config.epsilon,
@@ -180,19 +179,15 @@ def run_lora_experiment(
         noise_multiplier=plan.noise_multiplier,
         ledger=ledger_dict(releases, config.delta),
         loss_per_10_steps=[float(np.nanmean(losses[i : i + 10])) for i in range(0, len(losses), 10)],
-        metrics={name: _metrics(clf, split) for name, split in evaluations.items()},
-        floor={name: _floor(split, len(labels)) for name, split in evaluations.items()},
+        metrics={name: _summary(evaluate_classifier(clf, split)) for name, split in evaluations.items()},
+        floor={
+            name: _summary(majority_floor(np.asarray(split.labels), len(labels))) for name, split in evaluations.items()
+        },
     )
     return out
 
 
-def _floor(split: LabelledTexts, num_labels: int) -> dict[str, float]:
-    found = majority_floor(np.asarray(split.labels), num_labels)
-    return {"accuracy": float(found["accuracy"]), "macro_f1": float(found["macro_f1"])}
-
-
-def _metrics(clf: Classifier, split: LabelledTexts) -> dict[str, float]:
-    found = evaluate_classifier(clf, split)
+def _summary(found: dict[str, Any]) -> dict[str, float]:
     return {"accuracy": float(found["accuracy"]), "macro_f1": float(found["macro_f1"])}
 
 

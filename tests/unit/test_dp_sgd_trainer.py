@@ -37,14 +37,20 @@ def loss(m: nn.Module, indices: Sequence[int]) -> torch.Tensor:
     return nn.functional.cross_entropy(m(X[idx]), Y[idx], reduction="none")  # [b]
 
 
-def run(micro: int | None, checkpointing: Checkpointing | None = None, seed: int = 5, **kw: object) -> nn.Module:
+def run(
+    micro: int | None,
+    checkpointing: Checkpointing | None = None,
+    seed: int = 5,
+    learning_rate: float = 0.1,
+    **kw: object,
+) -> nn.Module:
     m = model()
     train_dp_sgd(
         m,
         list(m.parameters()),
         loss,
         PLAN,
-        learning_rate=0.1,
+        learning_rate=learning_rate,
         random_source=make_random_source("seeded", seed),
         micro_batch_size=micro,
         checkpointing=checkpointing,
@@ -110,18 +116,7 @@ def test_sgd_steps_equal_the_privatised_gradient_oracle(lr_schedule: str) -> Non
     with lr_s the schedule's rate: rebuilt step by step from ``clipped_noised_gradient`` on the same
     Poisson batches and the same noise stream."""
     batches = [np.asarray(b) for b in ([0, 3, 5, 9, 11], [2, 4, 6], [1, 7, 8, 20, 30, 40], [], [10, 12], [13])]
-    trained = model()
-    train_dp_sgd(
-        trained,
-        list(trained.parameters()),
-        loss,
-        PLAN,
-        learning_rate=0.5,
-        random_source=make_random_source("seeded", 3),
-        batches=batches,
-        optimizer="sgd",
-        lr_schedule=lr_schedule,
-    )
+    trained = run(None, seed=3, learning_rate=0.5, batches=batches, optimizer="sgd", lr_schedule=lr_schedule)
     oracle = model()
     source = make_random_source("seeded", 3)
     for step, batch in enumerate(batches):

@@ -116,20 +116,26 @@ def train_classifier_dp(
     top_layers: int | None = None,
     optimizer: str = "adamw",
     lr_schedule: str = "constant",
+    train_head: bool = True,
 ) -> DpTrainingResult:
     """DP-SGD (Poisson sampling, per-example clipping, secure noise) on the classifier's LoRA + head.
 
     Large Poisson batches run in length-sorted micro-batches of ≤ ``micro_batch_size`` (less padding).
     ``top_layers`` = k: LoRA is trained in the top k encoder layers only (the rest stays as it is),
-    and the layers below run once per example (``classifier_cache``): the same mechanism, cheaper steps."""
+    and the layers below run once per example (``classifier_cache``): the same mechanism, cheaper steps.
+    ``train_head=False`` keeps the head as it is (e.g. a DP probe's) and trains LoRA alone."""
     _check_labels(clf, data)
     if plan.num_examples != len(data):
         raise ValueError(f"the plan is for {plan.num_examples} examples but the data has {len(data)}")
     model: nn.Module = clf.model
     loss_fn = per_example_classifier_loss(clf, data)
     frozen: list[nn.Parameter] = []
+    if not train_head:
+        frozen = [p for p in clf.model.head.parameters() if p.requires_grad]
+        for param in frozen:
+            param.requires_grad_(False)
     if top_layers is not None:
-        frozen = freeze_lower_lora(clf, top_layers)
+        frozen += freeze_lower_lora(clf, top_layers)
         top = TopClassifier(clf, top_layers)
         model = top
         loss_fn = cached_per_example_loss(LowerCache(clf, data.texts, top.lower_layers), data)

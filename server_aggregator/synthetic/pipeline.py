@@ -68,7 +68,7 @@ from server_aggregator.synthetic.generator import (
 from server_aggregator.synthetic.generator_cache import prepare_cached_training
 from server_aggregator.synthetic.probe import embed_texts, head_state, install_head, predict
 from server_aggregator.synthetic.recipes import ProbeRelease, build_card, train_probe_release
-from server_aggregator.synthetic.releases import Release, ledger_dict
+from server_aggregator.synthetic.releases import Release, calibrate_last, ledger_dict
 from server_aggregator.synthetic.sampling import sample_synthetic, write_jsonl
 
 CARD_FILE = "card.json"
@@ -381,6 +381,36 @@ def _row(
     }
 
 
+def _lp_ft_probe(
+    config: SynthConfig, seed_set: SeedSet, probe_epsilon: float, delta: float, progress: Progress
+) -> dict[str, Any]:
+    """The LP-FT baseline's first stage: a DP probe at ``probe_epsilon``, kept (head + releases) so a resumed
+    run reuses this release instead of making a second one."""
+    features = _read_features(config.out_dir / FEATURES_FILE)
+    labels = seed_set.train.label_names
+    clf = _new_classifier(config, labels)
+    recipe = config.preset.probe
+    trained = train_probe_release(
+        features.train,
+        np.asarray(seed_set.train.labels),
+        len(labels),
+        recipe,
+        prior=(),
+        total_epsilon=probe_epsilon,
+        delta=delta,
+        init=head_state(clf),
+        random_source=_random_source(config, 5),
+        on_step=lambda s, v, b: progress(f"LP-FT probe step {s + 1}/{recipe.steps}: batch {b}"),
+    )
+    weight, bias = trained.result.weight, trained.result.bias
+    return {
+        "weight": np.asarray(weight).tolist(),
+        "bias": np.asarray(bias).tolist(),
+        "releases": [r.to_dict() for r in trained.releases],
+        "metrics": _probe_metrics(weight, bias, features, seed_set, seed_set.val),
+    }
+
+
 # ------------------------------------------------------------------ one target ε
 
 
@@ -554,7 +584,7 @@ def run_epsilon(
     )
     run_releases += [_release_from_dict(r) for r in warm["card"]["privacy"]["ledger"]["releases"][1:]]
 
-    # 4. DP-SGD of LoRA + head directly on the real seed set (the tuned baseline)
+    # 4. DP-SGD of LoRA + head directly on the real seed set (the tuned baseline), optionally LP-FT
     if plans.dp_baseline is not None and preset.dp_classifier is not None:
         dp_plan, dp_settings = plans.dp_baseline, preset.dp_classifier
         dp_key = _key(
@@ -567,37 +597,66 @@ def run_epsilon(
             config.seed,
             config.random_source,
         )
+        lp_probe: dict[str, Any] | None = None
+        if dp_settings.probe_share > 0:
+            lp_probe = stages.run(
+                f"eps-{epsilon:g}-baseline-dp-probe",
+                _key("baseline-dp-probe", dp_key, preset.probe.to_dict()),
+                lambda: _lp_ft_probe(config, seed_set, epsilon * dp_settings.probe_share, delta, progress),
+            )
+            dp_key = _key(dp_key, preset.probe.to_dict())
 
         def train_dp_baseline() -> dict[str, Any]:
             clf = _new_classifier(config, labels)
+            prior: tuple[Release, ...] = ()
+            plan = dp_plan
+            if lp_probe is not None:
+                install_head(clf, np.asarray(lp_probe["weight"]), np.asarray(lp_probe["bias"]))
+                prior = tuple(_release_from_dict(r) for r in lp_probe["releases"])
+                plan = calibrate_last(
+                    prior,
+                    total_epsilon=epsilon,
+                    delta=delta,
+                    num_examples=len(seed_set.train),
+                    expected_batch_size=dp_plan.expected_batch_size,
+                    steps=dp_plan.steps,
+                    clip_norm=dp_settings.clip_norm,
+                )
             result = train_classifier_dp(
                 clf,
                 seed_set.train,
-                dp_plan,
+                plan,
                 learning_rate=dp_settings.learning_rate,
                 random_source=_random_source(config, 2),
-                on_step=lambda s, v, b: progress(f"DP-SGD LoRA on real data: step {s + 1}/{dp_plan.steps}, batch {b}"),
+                on_step=lambda s, v, b: progress(f"DP-SGD LoRA on real data: step {s + 1}/{plan.steps}, batch {b}"),
                 micro_batch_size=dp_settings.micro_batch_size,
                 checkpointing=_checkpointing(run_dir / "checkpoints" / "baseline-dp.pt"),
                 top_layers=dp_settings.top_layers,
                 optimizer=dp_settings.optimizer,
                 lr_schedule=dp_settings.lr_schedule,
+                train_head=dp_settings.train_head,
             )
             progress("evaluating the DP-SGD baseline on the real test split")
             metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
             if val is not None:
                 metrics["real_val"] = evaluate_classifier(clf, val)
-            release = Release.from_plan("dp-sgd-lora", "DP-SGD of LoRA + head on the real seed set", dp_plan)
+            release = Release.from_plan("dp-sgd-lora", "DP-SGD of LoRA + head on the real seed set", plan)
             card = build_card(
                 model="dp_sgd_lora",
-                description="LoRA + head trained with DP-SGD on the real seed set",
-                releases=[release],
+                description="LoRA + head trained with DP-SGD on the real seed set"
+                + ("" if lp_probe is None else ", starting from a DP linear probe head (LP-FT)")
+                + ("" if dp_settings.train_head else "; the head kept fixed"),
+                releases=[*prior, release],
                 delta=delta,
                 target_epsilon=epsilon,
                 noise_source=noise,
                 data=seed_data,
                 metrics=metrics,
-                settings={"dp_classifier": dp_settings.to_dict(), "plan": dp_plan.to_dict()},
+                settings={
+                    "dp_classifier": dp_settings.to_dict(),
+                    "plan": plan.to_dict(),
+                    **({} if lp_probe is None else {"lp_ft_probe_metrics": lp_probe["metrics"]}),
+                },
             )
             _save_classifier(clf, run_dir / "dp-sgd-lora", card)
             return {"card": card, "losses": list(result.losses)}

@@ -117,3 +117,24 @@ def test_train_classifier_dp_on_the_cache_moves_only_the_top_and_keeps_every_ten
     assert set(after) == set(before)  # the lower LoRA is trainable (and saved) again afterwards
     moved = {k for k in before if not torch.equal(before[k], after[k].detach())}
     assert moved and all(".layer.4." in k or ".layer.5." in k or k.startswith("head") for k in moved), moved
+
+
+def test_a_fixed_head_is_left_as_it_is_and_trainable_again_afterwards(data: LabelledTexts) -> None:
+    clf = build_classifier(None, ClassifierSpec(labels=("NOT", "OFF"), lora=LoraSpec(rank=4, alpha=8.0)), seed=0)
+    before = {k: v.detach().clone() for k, v in clf.trainable_parameters().items()}
+    plan = DpSgdPlan(len(TEXTS), 3, 3, 1.0, 1.0, 1e-5, 1.0)
+    train_classifier_dp(
+        clf,
+        data,
+        plan,
+        learning_rate=0.5,
+        random_source=SeededRandomSource(0),
+        top_layers=TOP,
+        optimizer="sgd",
+        train_head=False,
+    )
+    after = clf.trainable_parameters()
+    assert set(after) == set(before)  # the head and the lower LoRA are trainable again afterwards
+    moved = {k for k in before if not torch.equal(before[k], after[k].detach())}
+    assert moved and all(".layer.4." in k or ".layer.5." in k for k in moved), moved  # LoRA of the top only
+    assert not any(k.startswith("head") for k in moved)

@@ -32,7 +32,16 @@ TINY = replace(
     sampling=SamplingSettings(samples_per_label=4, max_new_tokens=8, batch_size=4),
     classifier=ClassifierTraining(epochs=1.0, batch_size=8),
     real_classifier=ClassifierTraining(epochs=1.0, batch_size=8, max_steps=3),
-    dp_classifier=DpTraining(expected_batch_size=8, max_steps=2, learning_rate=1e-3, micro_batch_size=4),
+    dp_classifier=DpTraining(  # LP-FT with the probe's head fixed, on the top layer (what `full` runs)
+        expected_batch_size=8,
+        max_steps=2,
+        learning_rate=0.5,
+        optimizer="sgd",
+        micro_batch_size=4,
+        top_layers=1,
+        probe_share=0.5,
+        train_head=False,
+    ),
     probe=ProbeRecipe(expected_batch_size=32, steps=20, learning_rate=0.05, count_noise_std=20.0),
     ship="warm_start",
     control=True,
@@ -130,13 +139,30 @@ def test_tiny_run_makes_a_loadable_classifier_with_an_honest_card(offensive_dir:
     assert models == ["probe", "synthetic", "warm_start", "dp_sgd_lora"]
     assert saved["epsilons"][0]["rows"] == table["epsilons"][0]["rows"]
 
+    # The LP-FT baseline: its own probe at half the ε, then LoRA (top layer only, head fixed), composed to ε.
+    lp_card = json.loads((run / "dp-sgd-lora" / "card.json").read_text())
+    lp_privacy = lp_card["privacy"]
+    assert [r["name"] for r in lp_privacy["ledger"]["releases"]] == ["label-counts", "probe", "dp-sgd-lora"]
+    lp_eps = independent_composed_epsilon(lp_privacy["ledger"], lp_privacy["delta"])
+    assert lp_privacy["epsilon"] == pytest.approx(lp_eps, rel=0.01) and 3.9 < lp_eps <= 4.0 * 1.01
+    probe_stage = json.loads((tmp_path / "run" / "stages" / "eps-4-baseline-dp-probe.json").read_text())["result"]
+    lp_probe_eps = independent_composed_epsilon({"releases": probe_stage["releases"]}, lp_privacy["delta"])
+    assert lp_probe_eps == pytest.approx(2.0, rel=0.02)  # the probe spent its share, no more
+    lp = load_classifier(run / "dp-sgd-lora").model.state_dict()
+    np.testing.assert_allclose(lp["head.weight"].numpy(), np.asarray(probe_stage["weight"]), rtol=1e-6)
+    np.testing.assert_allclose(lp["head.bias"].numpy(), np.asarray(probe_stage["bias"]), rtol=1e-6)
+    lora_b = {k: v for k, v in lp.items() if "lora_B" in k}
+    top = max(int(k.split("layer.")[1].split(".")[0]) for k in lora_b)
+    assert all(float(v.abs().max()) > 0 for k, v in lora_b.items() if f"layer.{top}." in k)  # trained
+    assert all(float(v.abs().max()) == 0 for k, v in lora_b.items() if f"layer.{top}." not in k)  # untouched
+
     # Resume: a second run redoes nothing; a sampling change redoes sampling and the classifier only.
     stamp = (run / "generator" / "adapter_model.safetensors").stat().st_mtime_ns
     messages.clear()
     run_synth(config, progress=messages.append)
     reused = [m for m in messages if m.endswith("done earlier, reusing")]
-    assert len(reused) == 9, messages  # features, baseline-real, control, probe, generator, synthetic,
-    # classifier, warm-start, baseline-dp
+    assert len(reused) == 10, messages  # features, baseline-real, control, probe, generator, synthetic,
+    # classifier, warm-start, baseline-dp-probe, baseline-dp
     changed = replace(config, preset=replace(TINY, sampling=replace(TINY.sampling, temperature=0.8)))
     messages.clear()
     run_synth(changed, progress=messages.append)

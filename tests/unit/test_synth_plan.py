@@ -176,6 +176,8 @@ def test_clean_generated_cuts_at_the_end_of_turn_and_collapses_space() -> None:
         (lambda: ClassifierTraining(epochs=-1.0), "epochs must be a finite number > 0, found -1.0"),
         (lambda: DpTraining(expected_batch_size=0, max_steps=1, learning_rate=1e-3), "expected_batch_size"),
         (lambda: DpTraining(16, 10, learning_rate=math.nan), "learning_rate must be a finite number > 0"),
+        (lambda: DpTraining(16, 10, learning_rate=0.1, probe_share=1.0), r"probe_share must be in \[0, 1\), found 1.0"),
+        (lambda: DpTraining(16, 10, learning_rate=0.1, train_head=False), "train_head=False needs a probe head"),
         (lambda: SynthConfig(Path("x"), "d", epsilons=(0.0,)), "every epsilon must be a finite number > 0"),
         (lambda: SynthConfig(Path("x"), "d", epsilons=(4.0, 4.0)), "epsilons repeat"),
         (lambda: SynthConfig(Path("x"), "d", seed_fraction=0.0), r"seed_fraction must be in \(0, 1\]"),
@@ -195,6 +197,9 @@ def test_presets_are_what_the_readme_says() -> None:
     assert quick.ship == "probe" and "DP linear probe" in quick.note and quick.dp_classifier is None
     assert full.dp_classifier is not None and full.dp_classifier.expected_batch_size == 512
     assert full.dp_classifier.steps_for(11_916) == 70  # 3 epochs of B = 512, what `privtune plan` recommends
+    # LP-FT with the probe's head fixed: the best DP-SGD LoRA recipe by validation macro-F1 (README)
+    assert full.dp_classifier.probe_share == 0.5 and not full.dp_classifier.train_head
+    assert full.dp_classifier.top_layers == 2 and full.dp_classifier.optimizer == "sgd"
     assert quick.probe.expected_batch_size >= 1024 and quick.probe.steps >= 1000
 
 

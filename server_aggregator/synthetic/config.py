@@ -51,9 +51,9 @@ class DpTraining:
         ):
             raise ValueError(f"micro_batch_size must be None or an int >= 1, found {self.micro_batch_size!r}")
         check_optimizer_choice(self.optimizer, self.lr_schedule)
-        if isinstance(self.probe_share, bool) or not isinstance(self.probe_share, int | float):
-            raise ValueError(f"probe_share must be a number in [0, 1), found {self.probe_share!r}")
-        if not 0 <= self.probe_share < 1:
+        if isinstance(self.probe_share, bool) or not isinstance(self.probe_share, int | float) or not (
+            0 <= self.probe_share < 1
+        ):
             raise ValueError(f"probe_share must be in [0, 1), found {self.probe_share!r}")
         if not isinstance(self.train_head, bool):
             raise ValueError(f"train_head must be a bool, found {self.train_head!r}")
@@ -191,7 +191,8 @@ PRESETS: dict[str, Preset] = {
         note=(
             "full: DP generator (60 steps of 512 on the top layers), 2,000 synthetic texts, the no-private-data "
             "control, DP-SGD LoRA on real data (LP-FT: a DP probe head, then LoRA of the top 2 layers, B = 512, "
-            "3 epochs), the DP probe (shipped) and the synthetic warm start; about 2-2.5 h on 2 CPU cores."
+            "3 epochs), the DP probe (shipped) and the synthetic warm start; 87 min measured on 2 CPU cores "
+            "(ε = 4, 11,916 tweets)."
         ),
     ),
 }

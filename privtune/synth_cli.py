@@ -78,6 +78,13 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Which private model becomes eps-<ε>/classifier: probe, warm_start or synthetic."),
         ] = None,
+        relabel_synthetic: Annotated[
+            bool | None,
+            typer.Option(
+                "--relabel-synthetic/--no-relabel-synthetic",
+                help="Also train on the synthetic texts labelled by a DP probe (preset default: full yes, quick no).",
+            ),
+        ] = None,
     ) -> None:
         """Fine-tune the generator with DP-SGD on private data, sample synthetic text, train the classifier on it."""
         from ondevice.data import DataError
@@ -109,6 +116,8 @@ def register(app: typer.Typer) -> None:
                 )
             if ship is not None:
                 chosen = replace(chosen, ship=ship)
+            if relabel_synthetic is not None:
+                chosen = replace(chosen, relabel_synthetic=relabel_synthetic)
             config = SynthConfig(
                 out_dir=out_dir,
                 data=data or _default_data(),

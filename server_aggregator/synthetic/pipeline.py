@@ -9,6 +9,7 @@ input it depends on; a re-run skips a stage whose key still matches and redoes i
       eps-<ε>/generator/             DP-LoRA adapter of the generator (PEFT) + privtune-generator.json
       eps-<ε>/synthetic.jsonl        labelled synthetic texts with their generation settings
       eps-<ε>/classifier/            the base classifier (HF + PEFT) with card.json
+      eps-<ε>/synthetic-relabelled/  trained on the synthetic texts labelled by a DP probe (full)
       eps-<ε>/baseline-dp/metrics.json   DP-SGD directly on the real seed set at the same ε
       evaluation.json, evaluation.png    the comparison table (and macro-F1 vs ε for a sweep)
 
@@ -23,7 +24,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -551,6 +552,77 @@ def run_epsilon(
 
     synthetic = stages.run(f"eps-{epsilon:g}-classifier", clf_key, train_on_synthetic)
     rows.append(_row("synthetic", "trained on DP synthetic text only", synthetic["card"], synthetic["card"]["metrics"]))
+    wall = {
+        "probe": probe["wall_seconds"],
+        "generator": generator["wall_seconds"],
+        "sampling": sampling["wall_seconds"],
+        "classifier": synthetic["wall_seconds"],
+    }
+
+    # 2b. a DP label filter: the same synthetic texts, each labelled by a DP probe of the real seed set
+    if preset.relabel_synthetic:
+        relabel_key = _key("relabelled", clf_key, probe_key)
+
+        def train_on_relabelled() -> dict[str, Any]:
+            features = _read_features(config.out_dir / FEATURES_FILE)
+            labeller = _new_classifier(config, labels)  # LoRA B = 0: the frozen encoder the features came from
+            trained, labeller_metrics = probe_head(labeller, features, (generator_release,), 6, "labelling DP probe")
+            prompted = load_jsonl(run_dir / "synthetic.jsonl", labels)
+            progress(f"labelling {len(prompted)} synthetic texts with the DP probe")
+            weight, bias = trained.result.weight, trained.result.bias
+            assigned = predict(weight, bias, embed_texts(labeller, list(prompted.texts)))  # [n_synthetic]
+            relabelled = replace(
+                prompted, labels=tuple(int(v) for v in assigned), source=f"{prompted.source} [DP-probe labels]"
+            )
+            agreement = float(np.mean(assigned == np.asarray(prompted.labels)))
+            assigned_counts = {name: int(np.sum(assigned == i)) for i, name in enumerate(labels)}
+            clf = _new_classifier(config, labels)
+            losses = train_classifier(
+                clf,
+                relabelled,
+                preset.classifier,
+                on_step=lambda s, n, v: progress(f"classifier on relabelled synthetic: step {s + 1}/{n}, loss {v:.3f}"),
+            )
+            progress("evaluating the relabelled-synthetic classifier on the real test split")
+            metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
+            if val is not None:
+                metrics["real_val"] = evaluate_classifier(clf, val)
+            card = build_card(
+                model="synthetic_relabelled",
+                description="LoRA + head trained (non-privately) on DP synthetic text only, each text labelled by "
+                "a DP linear probe of the real seed set (frozen MiniLM) instead of its prompt's label",
+                releases=trained.releases,
+                delta=delta,
+                target_epsilon=epsilon,
+                noise_source=noise,
+                data={
+                    **seed_data,
+                    "synthetic_examples": len(prompted),
+                    "labels_assigned": assigned_counts,
+                    "agreement_with_prompted_label": agreement,
+                },
+                metrics=metrics,
+                settings={
+                    "probe": preset.probe.to_dict(),
+                    "class_weights": trained.class_weights,
+                    "classifier_training": preset.classifier.to_dict(),
+                    "generator_share": preset.generator_share,
+                    "labelling_probe_metrics": labeller_metrics,
+                },
+            )
+            _save_classifier(clf, run_dir / "synthetic-relabelled", card)
+            return {
+                "card": card,
+                "losses": losses,
+                "labelling_probe": {"weight": np.asarray(weight).tolist(), "bias": np.asarray(bias).tolist()},
+            }
+
+        relabelled_stage = stages.run(f"eps-{epsilon:g}-relabelled", relabel_key, train_on_relabelled)
+        relabelled_card = relabelled_stage["card"]
+        label = "DP synthetic text, DP-probe labels"
+        rows.append(_row("synthetic_relabelled", label, relabelled_card, relabelled_card["metrics"]))
+        run_releases += [_release_from_dict(r) for r in relabelled_card["privacy"]["ledger"]["releases"][1:]]
+        wall["relabelled"] = relabelled_stage["wall_seconds"]
 
     # 3. synthetic warm start + DP probe of its head on the real seed set, composed to ε
     warm_key = _key("warm-start", clf_key, probe_key)
@@ -679,13 +751,7 @@ def run_epsilon(
         "classifier_dir": str(run_dir / "classifier"),
         "rows": rows,
         "releases": [r.to_dict() for r in run_releases],
-        "wall_seconds": {
-            "probe": probe["wall_seconds"],
-            "generator": generator["wall_seconds"],
-            "sampling": sampling["wall_seconds"],
-            "classifier": synthetic["wall_seconds"],
-            "warm_start": warm["wall_seconds"],
-        },
+        "wall_seconds": {**wall, "warm_start": warm["wall_seconds"]},
     }
 
 

@@ -5,6 +5,8 @@
 - ``warm_start``: the classifier trained on DP synthetic text (its LoRA encoder and head), then the
   DP probe of its head on the real seed set through that encoder. Three releases (generator, label
   counts, probe), composed to the target ε by calibrating the last one (``releases.calibrate_last``).
+- ``synthetic_relabelled``: the DP synthetic texts, each labelled by a DP probe of the real seed set
+  (frozen MiniLM), then a classifier trained on them only. The same three releases, composed to ε.
 
 Every card lists each release that produced the model and their composition (PLD, RDP cross-check).
 """

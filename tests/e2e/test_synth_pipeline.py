@@ -18,6 +18,7 @@ from ondevice.data import load_labelled
 from server_aggregator.synthetic.classifier_training import ClassifierTraining
 from server_aggregator.synthetic.config import PRESETS, DpTraining, ProbeRecipe, SynthConfig
 from server_aggregator.synthetic.pipeline import run_synth
+from server_aggregator.synthetic.probe import embed_texts, predict
 from server_aggregator.synthetic.sampling import SamplingSettings
 from tests.tiny_data import tiny_tweeteval
 
@@ -45,6 +46,7 @@ TINY = replace(
     probe=ProbeRecipe(expected_batch_size=32, steps=20, learning_rate=0.05, count_noise_std=20.0),
     ship="warm_start",
     control=True,
+    relabel_synthetic=True,
 )
 
 
@@ -77,7 +79,7 @@ def test_tiny_run_makes_a_loadable_classifier_with_an_honest_card(offensive_dir:
     from peft import PeftModel
     from transformers import AutoModel
 
-    from export.classifier import load_classifier
+    from export.classifier import ClassifierSpec, build_classifier, load_classifier
 
     data = tiny_tweeteval(offensive_dir, tmp_path / "data")
     config = SynthConfig(out_dir=tmp_path / "run", data=str(data), preset=TINY, random_source="seeded")
@@ -136,7 +138,7 @@ def test_tiny_run_makes_a_loadable_classifier_with_an_honest_card(offensive_dir:
     assert floor["accuracy"] == pytest.approx(m / total)
     assert floor["macro_f1"] == pytest.approx((2 * m / (m + total)) / 2)  # F1 of the majority class, 0 for the other
     models = [r["model"] for r in saved["epsilons"][0]["rows"]]
-    assert models == ["probe", "synthetic", "warm_start", "dp_sgd_lora"]
+    assert models == ["probe", "synthetic", "synthetic_relabelled", "warm_start", "dp_sgd_lora"]
     assert saved["epsilons"][0]["rows"] == table["epsilons"][0]["rows"]
 
     # The LP-FT baseline: its own probe at half the ε, then LoRA (top layer only, head fixed), composed to ε.
@@ -156,18 +158,40 @@ def test_tiny_run_makes_a_loadable_classifier_with_an_honest_card(offensive_dir:
     assert all(float(v.abs().max()) > 0 for k, v in lora_b.items() if f"layer.{top}." in k)  # trained
     assert all(float(v.abs().max()) == 0 for k, v in lora_b.items() if f"layer.{top}." not in k)  # untouched
 
+    # The DP label filter: generator + counts + its own probe, composed to ε; the classifier it saved was trained
+    # on the synthetic texts with the labels that probe (kept in the stage record) assigns, not the prompted ones.
+    re_card = json.loads((run / "synthetic-relabelled" / "card.json").read_text())
+    re_privacy = re_card["privacy"]
+    assert [r["name"] for r in re_privacy["ledger"]["releases"]] == ["generator", "label-counts", "probe"]
+    re_eps = independent_composed_epsilon(re_privacy["ledger"], re_privacy["delta"])
+    assert re_privacy["epsilon"] == pytest.approx(re_eps, rel=0.01) and 3.5 < re_eps <= 4.0 * 1.01
+    labeller = json.loads((tmp_path / "run" / "stages" / "eps-4-relabelled.json").read_text())["result"]
+    weight, bias = np.asarray(labeller["labelling_probe"]["weight"]), np.asarray(labeller["labelling_probe"]["bias"])
+    frozen = build_classifier(None, ClassifierSpec(labels=("not-offensive", "offensive")), seed=0)
+    texts = [r["text"] for r in rows]
+    prompted = np.asarray([r["label"] == "offensive" for r in rows], dtype=np.int64)
+    assigned = predict(weight, bias, embed_texts(frozen, texts))
+    assert re_card["data"]["labels_assigned"] == {
+        "not-offensive": int(np.sum(assigned == 0)),
+        "offensive": int(np.sum(assigned == 1)),
+    }
+    assert re_card["data"]["agreement_with_prompted_label"] == pytest.approx(float(np.mean(assigned == prompted)))
+    assert re_card["data"]["synthetic_examples"] == len(rows)
+
     # Resume: a second run redoes nothing; a sampling change redoes sampling and the classifier only.
     stamp = (run / "generator" / "adapter_model.safetensors").stat().st_mtime_ns
     messages.clear()
     run_synth(config, progress=messages.append)
     reused = [m for m in messages if m.endswith("done earlier, reusing")]
-    assert len(reused) == 10, messages  # features, baseline-real, control, probe, generator, synthetic,
-    # classifier, warm-start, baseline-dp-probe, baseline-dp
+    assert len(reused) == 11, messages  # features, baseline-real, control, probe, generator, synthetic,
+    # classifier, relabelled, warm-start, baseline-dp-probe, baseline-dp
     changed = replace(config, preset=replace(TINY, sampling=replace(TINY.sampling, temperature=0.8)))
     messages.clear()
     run_synth(changed, progress=messages.append)
     redone = sorted(m.split(":")[0] for m in messages if "inputs changed" in m)
-    assert redone == ["control", "eps-4-classifier", "eps-4-synthetic", "eps-4-warm-start"], messages
+    assert redone == [
+        "control", "eps-4-classifier", "eps-4-relabelled", "eps-4-synthetic", "eps-4-warm-start"
+    ], messages
     assert (run / "generator" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 

@@ -201,6 +201,7 @@ def test_presets_are_what_the_readme_says() -> None:
     assert full.dp_classifier.probe_share == 0.5 and not full.dp_classifier.train_head
     assert full.dp_classifier.top_layers == 2 and full.dp_classifier.optimizer == "sgd"
     assert quick.probe.expected_batch_size >= 1024 and quick.probe.steps >= 1000
+    assert full.relabel_synthetic and not quick.relabel_synthetic  # the DP label filter runs in `full` only
 
 
 def test_classifier_training_steps_are_epochs_capped_at_max_steps() -> None:

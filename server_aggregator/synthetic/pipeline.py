@@ -514,19 +514,24 @@ def run_epsilon(
     sampling = stages.run(f"eps-{epsilon:g}-synthetic", synth_key, sample)
     clf_key = _key("classifier", synth_key, preset.classifier.to_dict(), config.encoder, config.seed)
 
-    def train_on_synthetic() -> dict[str, Any]:
-        synthetic = load_jsonl(run_dir / "synthetic.jsonl", labels)
+    def fit_and_evaluate(texts: LabelledTexts, what: str) -> tuple[Any, list[float], dict[str, Any]]:
+        """A fresh classifier trained (non-privately) on ``texts``, evaluated on the real test and val splits."""
         clf = _new_classifier(config, labels)
         losses = train_classifier(
             clf,
-            synthetic,
+            texts,
             preset.classifier,
-            on_step=lambda s, n, v: progress(f"classifier on synthetic: step {s + 1}/{n}, loss {v:.3f}"),
+            on_step=lambda s, n, v: progress(f"classifier on {what}: step {s + 1}/{n}, loss {v:.3f}"),
         )
-        progress("evaluating the synthetic-data classifier on the real test split")
+        progress(f"evaluating the classifier on {what} on the real test split")
         metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
         if val is not None:
             metrics["real_val"] = evaluate_classifier(clf, val)
+        return clf, losses, metrics
+
+    def train_on_synthetic() -> dict[str, Any]:
+        synthetic = load_jsonl(run_dir / "synthetic.jsonl", labels)
+        clf, losses, metrics = fit_and_evaluate(synthetic, "synthetic text")
         card = build_card(
             model="synthetic",
             description="LoRA + head trained (non-privately) on DP synthetic text only",
@@ -576,17 +581,7 @@ def run_epsilon(
             )
             agreement = float(np.mean(assigned == np.asarray(prompted.labels)))
             assigned_counts = {name: int(np.sum(assigned == i)) for i, name in enumerate(labels)}
-            clf = _new_classifier(config, labels)
-            losses = train_classifier(
-                clf,
-                relabelled,
-                preset.classifier,
-                on_step=lambda s, n, v: progress(f"classifier on relabelled synthetic: step {s + 1}/{n}, loss {v:.3f}"),
-            )
-            progress("evaluating the relabelled-synthetic classifier on the real test split")
-            metrics = {"real_test": evaluate_classifier(clf, seed_set.test)}
-            if val is not None:
-                metrics["real_val"] = evaluate_classifier(clf, val)
+            clf, losses, metrics = fit_and_evaluate(relabelled, "relabelled synthetic text")
             card = build_card(
                 model="synthetic_relabelled",
                 description="LoRA + head trained (non-privately) on DP synthetic text only, each text labelled by "

@@ -158,8 +158,8 @@ def test_tiny_run_makes_a_loadable_classifier_with_an_honest_card(offensive_dir:
     assert all(float(v.abs().max()) > 0 for k, v in lora_b.items() if f"layer.{top}." in k)  # trained
     assert all(float(v.abs().max()) == 0 for k, v in lora_b.items() if f"layer.{top}." not in k)  # untouched
 
-    # The DP label filter: generator + counts + its own probe, composed to ε; the classifier it saved was trained
-    # on the synthetic texts with the labels that probe (kept in the stage record) assigns, not the prompted ones.
+    # The DP label filter: generator + counts + its own probe, composed to ε; the label counts and agreement on its
+    # card are what that probe (kept in the stage record) assigns to the synthetic texts, recomputed here.
     re_card = json.loads((run / "synthetic-relabelled" / "card.json").read_text())
     re_privacy = re_card["privacy"]
     assert [r["name"] for r in re_privacy["ledger"]["releases"]] == ["generator", "label-counts", "probe"]

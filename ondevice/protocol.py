@@ -484,6 +484,13 @@ class DpConfig:
     important input/output units of every LoRA matrix (importance from |W| of the current,
     already private weights); ``train_rank`` = r' trains and uploads only the first r' rank
     components (None: the bundle's full rank). The server fixes all three for the round.
+
+    ``class_weights`` (one per label, each in (0, 1]; None: all 1) multiplies each *clipped*
+    per-example gradient by the weight of its label: Σ_i w_{y_i}·clip(g_i). Because w ≤ 1, one
+    example still moves the sum by at most C, so the local accounting is unchanged. Balanced
+    weights (w_y = min_c π_c / π_y for a label prior π that is public or already released, such
+    as synth's DP label counts) make the local objective class-balanced cross-entropy. Sent only
+    when set, so rounds without it keep the wire form older devices accept.
     """
 
     clip_norm: float
@@ -497,6 +504,7 @@ class DpConfig:
     dp_sat_rho: float = 0.0
     unit_sparsity: float = 0.0
     train_rank: int | None = None
+    class_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         _require_float("DpConfig", "clip_norm", self.clip_norm, low=0.0, low_open=True)
@@ -511,8 +519,32 @@ class DpConfig:
         _require_float("DpConfig", "unit_sparsity", self.unit_sparsity, low=0.0, high=0.95)
         if self.train_rank is not None:
             _require_int("DpConfig", "train_rank", self.train_rank, minimum=1)
+        if self.class_weights is not None:
+            if not isinstance(self.class_weights, tuple) or len(self.class_weights) < 2:
+                raise _fail(
+                    "DpConfig", "class_weights", "must be a tuple with one weight per label (>= 2)", self.class_weights
+                )
+            for weight in self.class_weights:
+                _require_float("DpConfig", "class_weights", weight, low=0.0, high=1.0, low_open=True)
+
+    def label_weights(self, labels: np.ndarray) -> np.ndarray | None:
+        """float64 [n] weight of each label in ``labels`` (None when the round sets no class weights);
+        ValueError for a label the weights do not cover."""
+        if self.class_weights is None:
+            return None
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_weights)):
+            raise ValueError(
+                f"the round's class_weights cover labels 0..{len(self.class_weights) - 1}, found label "
+                f"{int(labels.max()) if labels.max() >= len(self.class_weights) else int(labels.min())}"
+            )
+        weights: np.ndarray = np.asarray(self.class_weights, dtype=np.float64)[labels]
+        return weights
 
     def to_dict(self) -> dict[str, Any]:
+        optional: dict[str, Any] = {}
+        if self.class_weights is not None:
+            optional["class_weights"] = list(self.class_weights)
         return {
             "clip_norm": self.clip_norm,
             "noise_multiplier": self.noise_multiplier,
@@ -525,12 +557,16 @@ class DpConfig:
             "dp_sat_rho": self.dp_sat_rho,
             "unit_sparsity": self.unit_sparsity,
             "train_rank": self.train_rank,
-        }
+        } | optional
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DpConfig:
-        _check_keys("DpConfig", data, set(cls.__dataclass_fields__))
-        return cls(**data)
+        optional = frozenset({"class_weights"})
+        _check_keys("DpConfig", data, set(cls.__dataclass_fields__) - optional, optional)
+        values = dict(data)
+        if isinstance(values.get("class_weights"), list):
+            values["class_weights"] = tuple(values["class_weights"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,18 @@
 
 Both backends compute, for a Poisson-sampled batch of token sequences,
 
-    θ ← optimizer(θ, scale · (Σ_i g_i · min(1, C / (‖g_i‖ + 1e-6)) + noise))
+    θ ← optimizer(θ, scale · (Σ_i w_i · g_i · min(1, C / (‖g_i‖ + 1e-6)) + noise))
 
 with ``noise`` supplied by the caller (already N(0, σ²C²) per coordinate, zero where the
-round freezes a coordinate) and ``scale`` = 1 / expected batch size. They differ in where the
-work happens:
+round freezes a coordinate), ``scale`` = 1 / expected batch size and w_i ∈ (0, 1] the weight
+of example i's label (``DpConfig.class_weights``; 1 when the round sets none). They differ in
+where the work happens:
 
 ``ort``        ONNX Runtime Training with the bundle's in-graph clipping: one batch-1 TrainStep
                per example (the noise rides on the first one), then OptimizerStep and
                LazyResetGrad — the calls a phone's ORT API has (it has no gradient getter).
+               A weight w_i enters as that TrainStep's scale, scale·w_i; the noise rides on the
+               heaviest example k as noise / w_k, so scale·w_k·(noise / w_k) = scale·noise.
                An empty batch is a noise-only step: one TrainStep on ``[CLS] [SEP]`` with clip
                norm 1e-30, so the example's contribution is ≤ 1e-30 and only the noise remains.
 ``executorch`` the bundle's per-example gradient program (fixed batch ``Bfix`` rows; padding rows
@@ -65,6 +68,7 @@ class TrainingBackend(Protocol):
         clip_norm: float,
         noise: np.ndarray,
         scale: float,
+        weights: np.ndarray | None = None,
     ) -> StepStats: ...
 
     def save_state(self, directory: Path) -> None: ...
@@ -95,6 +99,18 @@ def noised_gradient(
     return {
         spec.name: scale * (np.asarray(clipped_sum[spec.name], np.float64) + noise_tensors[spec.name]) for spec in specs
     }
+
+
+def _example_weights(weights: np.ndarray | None, count: int) -> np.ndarray:
+    """float64 [count] weights in (0, 1] (ones when ``weights`` is None); ValueError otherwise."""
+    if weights is None:
+        return np.ones(count, dtype=np.float64)
+    out = np.asarray(weights, dtype=np.float64)
+    if out.shape != (count,):
+        raise ValueError(f"weights must have shape ({count},), found {out.shape}")
+    if not np.all((out > 0) & (out <= 1)):
+        raise ValueError(f"example weights must be in (0, 1] (so one example moves the sum by <= C), found {out}")
+    return out
 
 
 def _check_step_inputs(
@@ -161,21 +177,30 @@ class OrtTrainingBackend:
         clip_norm: float,
         noise: np.ndarray,
         scale: float,
+        weights: np.ndarray | None = None,
     ) -> StepStats:
         flat_noise = np.ascontiguousarray(noise, dtype=np.float32)  # [P]
         _check_step_inputs(examples, labels, flat_noise, self._trainer.num_params, clip_norm)
+        example_weights = _example_weights(weights, len(examples))  # [B]
         self._trainer.reset_gradients()
         if not examples:
             ones = np.ones_like(self._noise_only_ids)
             self._trainer.accumulate(self._noise_only_ids, ones, 0, NOISE_ONLY_CLIP, flat_noise, scale)
             self._trainer.step()
             return StepStats(batch_size=0, mean_loss=float("nan"))
+        carrier = int(np.argmax(example_weights))  # the noise rides on the heaviest example
+        carried_noise = (np.asarray(noise, np.float64) / example_weights[carrier]).astype(np.float32)  # [P]
         losses = []
         for index, (example, label) in enumerate(zip(examples, labels, strict=True)):
             ids = np.asarray(example, dtype=np.int64)[None, :]  # [1, T]
             losses.append(
                 self._trainer.accumulate(
-                    ids, np.ones_like(ids), int(label), clip_norm, flat_noise if index == 0 else None, scale
+                    ids,
+                    np.ones_like(ids),
+                    int(label),
+                    clip_norm,
+                    carried_noise if index == carrier else None,
+                    scale * float(example_weights[index]),
                 )
             )
         self._trainer.step()
@@ -239,8 +264,10 @@ class ExecuTorchTrainingBackend:
         clip_norm: float,
         noise: np.ndarray,
         scale: float,
+        weights: np.ndarray | None = None,
     ) -> StepStats:
         _check_step_inputs(examples, labels, noise, self._num_params, clip_norm)
+        example_weights = _example_weights(weights, len(examples))  # [B]
         total = {s.name: np.zeros(s.shape, dtype=np.float64) for s in self.specs}
         losses: list[float] = []
         order = sorted(range(len(examples)), key=lambda i: len(examples[i]))  # less padding per chunk
@@ -249,11 +276,13 @@ class ExecuTorchTrainingBackend:
             ids, mask = _pad([examples[i] for i in chunk], self.batch_rows, pad_id=0)  # [Bfix, T]
             chunk_labels = np.zeros(self.batch_rows, dtype=np.int64)  # [Bfix]
             chunk_labels[: len(chunk)] = [int(labels[i]) for i in chunk]
-            weight = np.zeros(self.batch_rows, dtype=np.float32)  # [Bfix]
+            weight = np.zeros(self.batch_rows, dtype=np.float32)  # [Bfix] program input: real rows 1, padding 0
             weight[: len(chunk)] = 1.0
             per_example = self._program(ids, mask, chunk_labels, weight, self._params)  # name → [Bfix, *shape]
             losses.append(self._program.last_loss)
-            for name, summed in clip_and_sum(per_example, clip_norm, weight).items():
+            after_clip = np.zeros(self.batch_rows, dtype=np.float64)  # [Bfix] w_i on the clipped rows
+            after_clip[: len(chunk)] = example_weights[chunk]
+            for name, summed in clip_and_sum(per_example, clip_norm, after_clip).items():
                 total[name] += summed
         self._optimizer.step_inplace(self._params, noised_gradient(total, noise, self.specs, scale))
         mean_loss = float(sum(losses) / len(examples)) if examples else float("nan")

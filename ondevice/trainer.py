@@ -4,7 +4,8 @@ Per local step t (the device never picks its own DP parameters; all come from ``
 
 1. Poisson-sample the device's examples with rate q (each example independently; the local
    accountant models exactly this: ``PoissonSampledDpEvent(q, GaussianDpEvent(σ))``).
-2. Per-example gradients of the LoRA + head tensors, each clipped to C, summed, plus noise
+2. Per-example gradients of the LoRA + head tensors, each clipped to C and times its label's
+   class weight (``dp.class_weights``, ≤ 1; none: 1), summed, plus noise
    N(0, σ²C²) per coordinate from the device's ``RandomSource`` (secure by default), times
    1 / (q·n), then the optimizer step — inside the chosen runtime (``train_backends``).
 3. Seed methods (``seed_methods``): DP-SAT perturbation, unit-sparsity and rank masks.
@@ -92,6 +93,12 @@ def check_round_config(round_config: RoundConfig, manifest: ArtifactManifest, *,
         check_train_rank(round_config.dp.train_rank, manifest.lora.rank)
     except ValueError as exc:
         raise RoundConfigError(f"round {round_config.round_id}: {exc}") from exc
+    weights = round_config.dp.class_weights
+    if weights is not None and len(weights) != len(manifest.labels):
+        raise RoundConfigError(
+            f"round {round_config.round_id} sets {len(weights)} class weights; this bundle has "
+            f"{len(manifest.labels)} labels {list(manifest.labels)}"
+        )
     if (now if now is not None else time.time()) > round_config.deadline_unix:
         raise RoundConfigError(f"round {round_config.round_id} closed at {round_config.deadline_unix:.0f} (unix)")
 
@@ -265,7 +272,12 @@ class LocalTrainer:
             if perturbation is not None:
                 backend.set_parameters({k: theta[k] + perturbation[k] * masks[k] for k in theta})
             step_stats = backend.private_step(
-                [self.token_ids[i] for i in chosen], [int(self.labels[i]) for i in chosen], dp.clip_norm, noise, scale
+                [self.token_ids[i] for i in chosen],
+                [int(self.labels[i]) for i in chosen],
+                dp.clip_norm,
+                noise,
+                scale,
+                dp.label_weights(self.labels[chosen]),
             )
             new = backend.parameters()
             if perturbation is not None:

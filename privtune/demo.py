@@ -40,6 +40,7 @@ from ondevice.bundle import verify_bundle
 from ondevice.data import load_labelled
 from ondevice.durable import atomic_write_bytes
 from ondevice.protocol import DpConfig
+from privtune.class_weights import parse_class_weights
 from privtune.demo_simulation import DemoSimulation, run_simulation_stage
 from privtune.fleet.conditions import FleetConditions
 from privtune.fleet.ledger_check import epsilon_by_round, read_ledger, recompute_epsilon
@@ -513,6 +514,8 @@ def run_demo(config: DemoConfig, progress: Progress | None = None) -> dict[str, 
         return result
 
     classifier = timed("synth", lambda: run_synth_stage(config, say))
+    if config.simulation is not None:  # refuse unusable class weights now, not after the fleet
+        parse_class_weights(config.simulation.class_weights, classifier)
     bundle = timed("export", lambda: run_export_stage(config, classifier, stages, say))
     card_path = classifier / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else None

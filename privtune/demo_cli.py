@@ -74,8 +74,10 @@ def print_summary(report: dict[str, Any], report_dir: Path) -> None:
         floor = simulated["floor"]
         sim.add_row("always the majority label", _fmt(floor["accuracy"]), _fmt(floor["macro_f1"]), "0")
         sim.add_row("v0 (private base)", _fmt(simulated["v0"]["accuracy"]), _fmt(simulated["v0"]["macro_f1"]), "0")
+        weights = simulated.get("local_dp", {}).get("class_weights")
+        weighted = f", class weights {[round(w, 3) for w in weights]}" if weights else ""
         sim.add_row(
-            f"after {simulated['rounds']} rounds (z={simulated['noise_multiplier']:.3f})",
+            f"after {simulated['rounds']} rounds (z={simulated['noise_multiplier']:.3f}{weighted})",
             _fmt(simulated["final"]["accuracy"]),
             _fmt(simulated["final"]["macro_f1"]),
             _fmt(simulated["epsilon_pld"], 2),
@@ -131,6 +133,9 @@ def register(app: typer.Typer) -> None:
         simulated_cohort: Annotated[float, typer.Option(help="Expected simulated clients per round.")] = 500.0,
         simulated_rounds: Annotated[int, typer.Option(help="Simulated rounds.")] = 30,
         simulated_epsilon: Annotated[float, typer.Option(help="User-level ε of the simulated deployment.")] = 4.0,
+        simulated_class_weights: Annotated[
+            str, typer.Option(help="Simulated devices' class weights: card (v0's DP class weights), none or W0,W1.")
+        ] = "card",
     ) -> None:
         """The whole chain on this machine: DP synthetic data → export → aggregator → emulated phones → report."""
         import dataclasses
@@ -182,6 +187,7 @@ def register(app: typer.Typer) -> None:
                     expected_cohort=simulated_cohort,
                     rounds=simulated_rounds,
                     epsilon=simulated_epsilon,
+                    class_weights=simulated_class_weights,
                 ),
             )
             report = run_demo(config, progress=say)

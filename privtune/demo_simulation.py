@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import dp_accounting
 
 from ondevice.protocol import DpConfig
+from privtune.class_weights import parse_class_weights
 from server_aggregator.simulation.run import DEFAULT_LOCAL_DP
 from server_aggregator.synthetic.pipeline import Stages
 
@@ -34,6 +35,9 @@ class DemoSimulation:
     server_learning_rate: float = 1.0
     texts_per_user: int = 4
     local: DpConfig = field(default_factory=lambda: DEFAULT_LOCAL_DP)
+    class_weights: str = "card"
+    """``privtune simulate --class-weights``: ``card`` (default) puts v0's own DP class weights on the
+    devices' clipped gradients, so the rounds keep v0's class balance instead of drifting to the prior."""
     eval_every: int = 10
     seed: int = 0
 
@@ -72,6 +76,7 @@ def run_simulation_stage(
         from server_aggregator.simulation.population import PopulationConfig
         from server_aggregator.simulation.run import SimulationConfig, prepare, simulate, write_report
 
+        local = replace(settings.local, class_weights=parse_class_weights(settings.class_weights, classifier))
         inputs = prepare(
             classifier, Path(data),
             PopulationConfig(num_users=settings.users, texts_per_user=settings.texts_per_user, seed=settings.seed),
@@ -80,7 +85,7 @@ def run_simulation_stage(
         config = SimulationConfig(
             num_users=settings.users, expected_cohort=settings.expected_cohort, rounds=settings.rounds,
             epsilon=settings.epsilon, delta=settings.delta, update_clip_norm=settings.update_clip_norm,
-            server_learning_rate=settings.server_learning_rate, local=settings.local,
+            server_learning_rate=settings.server_learning_rate, local=local,
             eval_every=settings.eval_every, seed=settings.seed,
         )  # fmt: skip
         report = simulate(
@@ -116,7 +121,7 @@ def run_simulation_stage(
             "simulation_seconds": report["wall_seconds"],
             "peak_rss_mib": report["peak_rss_mib"],
             "population": inputs.population,
-            "local_dp": settings.local.to_dict(),
+            "local_dp": local.to_dict(),
             "update_clip_norm": settings.update_clip_norm,
             "stopped": report["stopped"],
             "report": str(path),

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from privtune.class_weights import CHOICES_HELP, parse_class_weights
+
 if TYPE_CHECKING:
     from ondevice.protocol import DpConfig
 
@@ -63,7 +65,18 @@ def _admin_request(method: str, url: str, path: str, token_file: Path | None, pa
     return body
 
 
-def local_dp_config(**overrides: float | int | None) -> DpConfig:
+def check_class_weights_fit(local_dp: DpConfig, bundle_dir: Path) -> None:
+    """ValueError unless the round's class weights (if any) give one weight per label of the bundle."""
+    from ondevice.bundle import load_manifest
+
+    weights = local_dp.class_weights
+    if weights is not None:
+        labels = load_manifest(bundle_dir).labels
+        if len(weights) != len(labels):
+            raise ValueError(f"--class-weights gives {len(weights)} weights; the bundle has labels {list(labels)}")
+
+
+def local_dp_config(**overrides: float | int | tuple[float, ...] | None) -> DpConfig:
     """The devices' DP-SGD settings: the server defaults with every given (non-None) value replaced."""
     from server_aggregator.config import DEFAULT_LOCAL_DP
 
@@ -149,6 +162,9 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option("--local-epsilon-budget", help="Each device's own example-level ε cap (default 8)."),
         ] = None,
+        class_weights: Annotated[
+            str, typer.Option("--class-weights", help=CHOICES_HELP + " Python devices only; the Android demo refuses.")
+        ] = "none",
         host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port")] = 8700,
         ssl_certfile: Annotated[
@@ -198,7 +214,9 @@ def register(app: typer.Typer) -> None:
                 local_steps=local_steps,
                 learning_rate=local_learning_rate,
                 local_epsilon_budget=local_epsilon_budget,
+                class_weights=parse_class_weights(class_weights, adapter),
             )
+            check_class_weights_fit(local_dp, bundle)
             transport = Transport(
                 host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, insecure=insecure
             )
@@ -231,7 +249,7 @@ def register(app: typer.Typer) -> None:
             if key_created:
                 console.print(f"device key written to {key_path} (mode 0600); back it up with the database")
             run(config, transport)
-        except (ValueError, BundleError, PublishError, ServiceError, DatabaseError) as exc:
+        except (ValueError, BundleError, PublishError, ServiceError, DatabaseError, FileNotFoundError) as exc:
             console.print(f"[red]privtune serve: {exc}[/]")
             raise typer.Exit(code=2) from exc
 

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from privtune.class_weights import CHOICES_HELP, parse_class_weights
+
 console = Console(stderr=True, soft_wrap=True)
 
 DEFAULT_NUM_PARAMS = 74_498  # MiniLM-L6 + LoRA r8 on query/value + a 2-label head (the shipped bundle)
@@ -63,6 +65,7 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="Example-level noise multiplier on the device (0: user-level DP only).")
         ] = 0.0,
         optimizer: Annotated[str, typer.Option(help="Device optimizer: sgd or adamw.")] = "sgd",
+        class_weights: Annotated[str, typer.Option(help=CHOICES_HELP)] = "none",
         train_rank: Annotated[
             int, typer.Option(help="Server-fixed LoRA rank r' the devices train and send (the bundle's rank: all).")
         ] = 1,
@@ -72,6 +75,9 @@ def register(app: typer.Typer) -> None:
         split_seed: Annotated[int, typer.Option(help="Synth's split seed.")] = 0,
         seed: Annotated[int, typer.Option(help="Seed of the population, cohorts and simulated noise.")] = 0,
         eval_every: Annotated[int, typer.Option(help="Evaluate the global model every k rounds.")] = 5,
+        eval_splits: Annotated[
+            str, typer.Option(help="Held-out splits the global model is scored on (choose settings on validation).")
+        ] = "val,test",
         update_dtype: Annotated[str, typer.Option(help="float32 or float16 uploads.")] = "float32",
         backend: Annotated[
             str, typer.Option(help="inprocess (default) or ray (pip install 'privtune[ray]').")
@@ -123,6 +129,7 @@ def register(app: typer.Typer) -> None:
                 learning_rate=local_lr,
                 optimizer=optimizer,
                 train_rank=train_rank,
+                class_weights=parse_class_weights(class_weights, classifier),
             )
             config = SimulationConfig(
                 num_users=users,
@@ -141,9 +148,17 @@ def register(app: typer.Typer) -> None:
             population = PopulationConfig(
                 num_users=users, texts_per_user=texts_per_user, label_alpha=label_alpha, seed=seed
             )
-            inputs = prepare(classifier, data_dir, population, seed_fraction=seed_fraction, split_seed=split_seed)
+            splits = tuple(x.strip() for x in eval_splits.split(",") if x.strip())
+            inputs = prepare(
+                classifier,
+                data_dir,
+                population,
+                seed_fraction=seed_fraction,
+                split_seed=split_seed,
+                held_out_splits=splits,
+            )
             runner = make_backend(backend, inputs.spec, workers=workers, model=inputs.model)
-        except (ValueError, DataError, RuntimeError, PrivacyPlanError) as exc:
+        except (ValueError, DataError, RuntimeError, PrivacyPlanError, FileNotFoundError) as exc:
             console.print(f"[red]privtune simulate: {exc}[/]")
             raise typer.Exit(code=2) from exc
         console.print(f"population: {json.dumps(inputs.population)}")

@@ -34,13 +34,18 @@ def per_example_gradients(clf: Classifier, texts: Sequence[str], labels: Sequenc
 
 
 def clipped_noised_sum(
-    grads: list[dict[str, np.ndarray]], clip_norm: float, noise: dict[str, np.ndarray], scale: float
+    grads: list[dict[str, np.ndarray]],
+    clip_norm: float,
+    noise: dict[str, np.ndarray],
+    scale: float,
+    weights: list[float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """scale · (Σ_i g_i · min(1, C / (‖g_i‖ + 1e-6)) + noise), float64, from first principles."""
+    """scale · (Σ_i w_i · g_i · min(1, C / (‖g_i‖ + 1e-6)) + noise), float64, from first principles
+    (w_i = 1 when ``weights`` is None)."""
     total = {n: np.zeros_like(g) for n, g in grads[0].items()}
-    for g in grads:
+    for i, g in enumerate(grads):
         norm = float(np.sqrt(sum(float((v * v).sum()) for v in g.values())))
-        factor = min(1.0, clip_norm / (norm + 1e-6))
+        factor = min(1.0, clip_norm / (norm + 1e-6)) * (1.0 if weights is None else weights[i])
         for n, v in g.items():
             total[n] += factor * v
     return {n: scale * (total[n] + noise[n].astype(np.float64)) for n in total}

@@ -294,8 +294,13 @@ def write_updates(out: Path, bundle: Path) -> None:
         clip_norm=1, noise_multiplier=0.8, sampling_rate=0.1, local_steps=2, learning_rate=0.01, optimizer="adamw",
         local_epsilon_budget=4, local_delta=1e-06, dp_sat_rho=0.05, unit_sparsity=0.25, train_rank=4,
     )  # fmt: skip
+    dp_weighted = DpConfig(
+        clip_norm=1.0, noise_multiplier=1.1, sampling_rate=0.25, local_steps=4, learning_rate=0.05,
+        class_weights=(0.4877193646379043, 1),
+    )  # fmt: skip
     rounds = {
         "f32_clipped": RoundConfig(3, mhash, 2, dp_plain, 1.0, 1752345678.123456, "float32"),
+        "f32_class_weighted": RoundConfig(4, mhash, 3, dp_weighted, 1.0, 1752345679.5, "float32"),
         "f16_rank4": RoundConfig(7, mhash, 6, dp_int, 0.5, 1800000000.0, "float16"),
         "f32_unclipped": RoundConfig(0, mhash, 0, dp_plain, 1000.0, 1.5, "float32"),
     }
@@ -304,7 +309,7 @@ def write_updates(out: Path, bundle: Path) -> None:
         nonce = hashlib.sha256(f"nonce-{name}".encode()).hexdigest()[:32]
         update = build_update(
             config, DEVICE_ID, global_params, local_params,
-            local_epsilon=[1.2345678901234567, 0.0, 8.0][i], local_delta=1e-05, nonce=nonce,
+            local_epsilon=[1.2345678901234567, 0.5, 0.0, 8.0][i], local_delta=1e-05, nonce=nonce,
         )  # fmt: skip
         body = encode_update(update)
         (out / f"update_{name}.bin").write_bytes(body)

@@ -7,7 +7,8 @@ Per local step t and client c (exactly ``ondevice.trainer.LocalTrainer.run_round
    ``noise = gaussian_noise(source, P, σ·C)``, zero on coordinates the round freezes;
 2. per-example gradients of every chosen row at the client's current parameters
    (``CohortModel``: one batched forward/backward for all clients' rows),
-   factor = min(1, C / (‖g‖ + 1e-6)) over all trainable tensors, summed per client in float64;
+   factor = min(1, C / (‖g‖ + 1e-6)) over all trainable tensors, times the round's class weight
+   of the row's label (``DpConfig.class_weights``; 1 when unset), summed per client in float64;
 3. g_c = (Σ clipped + noise) / (q·n_c) in float64, the optimizer step in float32 (SGD or ORT's
    AdamW, ``ondevice.optim``), frozen coordinates restored;
 4. after the last step the upload is ``ondevice.update``'s: Δ = θ_c − θ_global (float64), kept to
@@ -112,7 +113,7 @@ def run_local_steps(
             noise[c] = gaussian_noise(source, num_params, std)
         noise[:, frozen] = 0.0
         rows = [(c, int(i)) for c in range(num_clients) for i in chosen[c]]
-        totals, batch_loss = _clipped_sums(model, params, clients, rows, dp.clip_norm, max_rows)  # [C, P] float64
+        totals, batch_loss = _clipped_sums(model, params, clients, rows, dp, max_rows)  # [C, P] float64
         loss_sum += batch_loss
         loss_rows += len(rows)
         rows_per_step.append(len(rows))
@@ -130,10 +131,10 @@ def _clipped_sums(
     params: np.ndarray,
     clients: Sequence[ClientExamples],
     rows: Sequence[tuple[int, int]],
-    clip_norm: float,
+    dp: DpConfig,
     max_rows: int,
 ) -> tuple[np.ndarray, float]:
-    """Σ over each client's rows of min(1, C/(‖g‖+1e-6))·g (float64 [C, P]) and the rows' summed loss."""
+    """Σ over each client's rows of w_y·min(1, C/(‖g‖+1e-6))·g (float64 [C, P]) and the rows' summed loss."""
     totals = torch.zeros(params.shape, dtype=torch.float64)  # [C, P]
     table = torch.from_numpy(params)  # [C, P] float32, shared memory
     lengths = [len(clients[c].token_ids[i]) for c, i in rows]
@@ -149,7 +150,10 @@ def _clipped_sums(
         norms = torch.linalg.vector_norm(grads64, dim=1)  # [R]
         if torch.isnan(norms).any():
             raise ValueError("per-example gradient norms contain NaN; refusing to clip")
-        factors = torch.clamp(clip_norm / (norms + CLIP_EPS), max=1.0)  # [R]
+        factors = torch.clamp(dp.clip_norm / (norms + CLIP_EPS), max=1.0)  # [R]
+        label_weights = dp.label_weights(labels.numpy())  # [R] or None
+        if label_weights is not None:
+            factors = factors * torch.from_numpy(label_weights)
         keep = factors > 0  # an infinite norm is dropped, as on the device
         totals.index_add_(0, owners[keep], grads64[keep] * factors[keep, None])
         loss_sum += float(losses.sum())

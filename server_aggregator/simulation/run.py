@@ -324,6 +324,11 @@ def prepare(
     from server_aggregator.simulation.backends import WorkerSpec
     from server_aggregator.simulation.population import build_population
 
+    if not held_out_splits or "train" in held_out_splits:
+        raise ValueError(
+            f"held-out splits must be a non-empty choice of val and test (train feeds the devices), "
+            f"found {list(held_out_splits)}"
+        )
     torch.set_num_threads(threads)
     clf = load_classifier(classifier_dir)
     tokenizer = DeviceTokenizer.from_file(Path(classifier_dir) / "tokenizer.json", clf.spec.max_seq_len)

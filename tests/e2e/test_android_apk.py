@@ -29,7 +29,7 @@ import struct
 import subprocess
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +345,29 @@ def test_a_round_of_the_app_logic_against_the_real_aggregator(
 
             status = admin(http, "GET", "/v1/status").json()
             assert status["accepted_total"] == 1 and status["rejected_total"] == 0, status
+    finally:
+        service.close()
+
+
+def test_the_app_refuses_a_class_weighted_round_before_any_step(
+    apk_build: ApkBuild, tmp_path: Path, bundle_dir: Path, classifier_dir: Path
+) -> None:
+    """The app parses ``class_weights`` (the wire contract) but does not implement them: it must say so and
+    train nothing, rather than train without the weights the server asked for."""
+    from server_aggregator.config import DEFAULT_LOCAL_DP
+
+    local_dp = replace(DEFAULT_LOCAL_DP, class_weights=(0.5, 1.0))
+    config = make_config(tmp_path, bundle_dir, classifier_dir, local_dp=local_dp, epsilon_budget=100.0)
+    service = Aggregator(config)
+    try:
+        with LiveServer(service) as server, httpx.Client(base_url=server.url) as http:
+            phone, secret = enroll(http, "app-phone-weighted")
+            admin(http, "POST", "/v1/admin/rounds").raise_for_status()
+            state = tmp_path / "phone"
+            result = round_once(apk_build, server.url, phone, secret, bundle_dir, state)
+            assert result["kind"] == "NOT_SUPPORTED", result
+            assert "class weights [0.5, 1.0]" in result["detail"], result
+            assert not (state / "ledger.json").exists()
     finally:
         service.close()
 

@@ -106,3 +106,15 @@ def test_classify_bundle_errors_are_clear(bundle_dir: Path, tmp_path: Path) -> N
     assert result.returncode == 2 and "manifest.json: not found" in result.stderr
     result = run("classify", "--bundle", str(bundle_dir), "fine", " ")
     assert result.returncode == 2 and "text 1 is empty" in result.stderr
+
+
+def test_serve_refuses_class_weights_that_do_not_fit_the_bundle(bundle_dir: Path, tmp_path: Path) -> None:
+    common = ("serve", "--db", f"sqlite:///{tmp_path / 'state.db'}", "--bundle", str(bundle_dir))
+    common += ("--adapter", str(tmp_path), "--admin-token-file", str(tmp_path / "token"))
+    result = run(*common, "--class-weights", "0.5,0.5,1")
+    assert result.returncode == 2 and "gives 3 weights; the bundle has labels" in result.stderr
+    result = run(*common, "--class-weights", "0.5,2")
+    assert result.returncode == 2 and "DpConfig.class_weights must be <= 1.0, found 2.0" in result.stderr
+    result = run(*common, "--class-weights", "card")
+    assert result.returncode == 2 and "has no card.json" in result.stderr
+    assert not (tmp_path / "state.db").exists(), "serve must refuse before it creates any state"

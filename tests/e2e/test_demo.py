@@ -29,7 +29,9 @@ LOCAL_DP = DpConfig(
     clip_norm=1.0, noise_multiplier=1.0, sampling_rate=0.5, local_steps=2, learning_rate=0.5, local_epsilon_budget=30.0
 )
 
-SMALL_SIMULATION = DemoSimulation(users=60, expected_cohort=20.0, rounds=2, epsilon=50.0, delta=1e-5, texts_per_user=2)
+SMALL_SIMULATION = DemoSimulation(
+    users=60, expected_cohort=20.0, rounds=2, epsilon=50.0, delta=1e-5, texts_per_user=2, class_weights="0.6,1"
+)  # the session classifier has no synth card, so its weights are given
 
 NO_FAULTS = FleetConditions(availability=1.0, dropout=0.0, straggler=0.0, network_fault=0.0, adversaries=("nan",))
 
@@ -120,6 +122,7 @@ def test_the_simulated_population_section_reports_its_epsilon_and_both_models(
     for row in (simulated["v0"], simulated["final"], simulated["floor"]):
         assert 0 <= row["macro_f1"] <= 1 and 0 <= row["accuracy"] <= 1
     assert [r["round"] for r in simulated["by_round"]] == [0, 2]
+    assert simulated["local_dp"]["class_weights"] == [0.6, 1.0]  # what the simulated devices applied
     assert (config.out_dir / "simulation" / "report.json").is_file()
     assert "simulate" in report["wall_seconds"]
 

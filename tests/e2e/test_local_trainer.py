@@ -126,6 +126,39 @@ class LocalTrainerContract:
         worst = max(float(np.max(np.abs(got[k] - expected[k]))) for k in got)
         assert worst <= 1e-5, f"{self.runtime}: max |gradient − oracle| = {worst:.3g}"
 
+    def test_a_class_weighted_step_matches_the_pytorch_oracle(
+        self,
+        bundle_dir: Path,
+        manifest: ArtifactManifest,
+        global_params: dict[str, np.ndarray],
+        tweets: LabelledTexts,
+        eager_classifier: object,
+    ) -> None:
+        """w_i multiplies the *clipped* gradient (not the loss), and the noise keeps its scale whichever
+        example carries it (ORT puts it on the heaviest one)."""
+        texts, labels = list(tweets.texts[:6]), [int(y) for y in tweets.labels[:6]]
+        assert len(set(labels)) == 2, "the check needs both labels among the examples"
+        grads = per_example_gradients(eager_classifier, texts, labels)  # type: ignore[arg-type]
+        norms = np.array([math.sqrt(sum(float((g * g).sum()) for g in ex.values())) for ex in grads])
+        clip = float(np.median(norms))
+        dp = DpConfig(clip, 1.0, 0.5, 1, 1.0, class_weights=(0.25, 0.7))
+        weights = dp.label_weights(np.array(labels))
+        assert weights is not None
+        noise = (0.3 * SeededRandomSource(6).standard_normal(manifest.trainable_numel)).astype(np.float32)
+        backend = make_training_backend(self.runtime, bundle_dir, manifest, "sgd", 1.0, threads=2)
+        backend.set_parameters(global_params)
+        ids = DeviceTokenizer.from_bundle(bundle_dir, manifest).encode(texts)
+        backend.private_step(ids, labels, clip, noise, 0.25, weights)
+        after = backend.parameters()
+        got = {k: global_params[k].astype(np.float64) - after[k] for k in after}
+        noise_tensors = flat_to_tensors(noise, manifest.trainable)
+        expected = clipped_noised_sum(grads, clip, noise_tensors, 0.25, [float(w) for w in weights])
+        worst = max(float(np.max(np.abs(got[k] - expected[k]))) for k in got)
+        assert worst <= 1e-5, f"{self.runtime}: max |weighted gradient − oracle| = {worst:.3g}"
+        unweighted = clipped_noised_sum(grads, clip, noise_tensors, 0.25)
+        apart = max(float(np.max(np.abs(unweighted[k] - expected[k]))) for k in got)
+        assert apart > 1e-3, f"weights 0.25/0.7 barely change the step ({apart:.3g}): the check would be vacuous"
+
     def test_a_single_clipped_example_moves_the_weights_by_at_most_c(
         self, bundle_dir: Path, manifest: ArtifactManifest, global_params: dict[str, np.ndarray], tweets: LabelledTexts
     ) -> None:
@@ -220,9 +253,7 @@ class LocalTrainerContract:
         carried = self.trainer(bundle_dir, manifest, tweets, tmp_path / "a", seeded_steps(5))
         after_one = carried.run_round(first, start).parameters
         continued = carried.run_round(second, after_one).parameters
-        fresh = self.trainer(bundle_dir, manifest, tweets, tmp_path / "b", seeded_steps(5)).run_round(
-            second, after_one
-        )
+        fresh = self.trainer(bundle_dir, manifest, tweets, tmp_path / "b", seeded_steps(5)).run_round(second, after_one)
         for name in start:
             np.testing.assert_allclose(continued[name], fresh.parameters[name], rtol=0, atol=1e-6)
 

@@ -75,6 +75,7 @@ def _median_norm(model: CohortModel, clients: list[ClientExamples], flat: np.nda
 CASES = {
     "sgd-full-rank": {"optimizer": "sgd", "learning_rate": 0.05, "train_rank": None},
     "adamw-rank-2": {"optimizer": "adamw", "learning_rate": 1e-3, "train_rank": 2},
+    "sgd-class-weighted": {"optimizer": "sgd", "learning_rate": 0.05, "train_rank": None, "class_weights": (0.3, 0.9)},
 }
 
 

@@ -120,11 +120,30 @@ def test_lora_spec_rejects_bad_values_naming_field_and_value(factory, field, bad
         ("optimizer", "adam"),
         ("local_delta", 0.5),
         ("local_epsilon_budget", -1.0),
+        ("class_weights", (1.0,)),
+        ("class_weights", [0.5, 1.0]),
+        ("class_weights", (0.5, 1.5)),
+        ("class_weights", (0.0, 1.0)),
+        ("class_weights", (0.5, float("nan"))),
     ],
 )
 def test_dp_config_rejects_bad_values(field: str, bad: object) -> None:
     with pytest.raises(ProtocolError, match=f"DpConfig.{field}"):
         make_dp(**{field: bad})
+
+
+def test_class_weights_travel_only_when_set_and_map_labels_to_weights() -> None:
+    plain = make_dp()
+    assert "class_weights" not in plain.to_dict()  # the wire form older devices (and Android) accept
+    assert DpConfig.from_dict(plain.to_dict()) == plain
+    weighted = make_dp(class_weights=(0.25, 1.0))
+    wire = json.loads(json.dumps(weighted.to_dict()))
+    assert wire["class_weights"] == [0.25, 1.0]
+    assert DpConfig.from_dict(wire) == weighted
+    assert plain.label_weights(np.array([0, 1])) is None
+    np.testing.assert_array_equal(weighted.label_weights(np.array([1, 0, 1])), [1.0, 0.25, 1.0])
+    with pytest.raises(ValueError, match="cover labels 0..1, found label 2"):
+        weighted.label_weights(np.array([0, 2]))
 
 
 def test_tensor_spec_checks_shape_and_dtype() -> None:

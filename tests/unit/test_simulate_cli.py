@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import dp_accounting
+import pytest
 from typer.testing import CliRunner
 
 from privtune.cli import app
@@ -49,3 +53,40 @@ def test_bad_settings_are_refused_before_any_work(tmp_path: object) -> None:
     )
     assert result.exit_code == 2
     assert "expected_cohort" in result.output
+
+
+def test_class_weights_come_from_the_card_or_the_command_line(tmp_path: Path) -> None:
+    from privtune.class_weights import parse_class_weights as _class_weights
+
+    (tmp_path / "card.json").write_text(json.dumps({"settings": {"class_weights": [0.4, 1.0]}}))
+    assert _class_weights("card", tmp_path) == (0.4, 1.0)
+    assert _class_weights("0.5,1", tmp_path) == (0.5, 1.0)
+    assert _class_weights("none", tmp_path) is None
+    (tmp_path / "card.json").write_text(json.dumps({"settings": {"class_weights": None}}))
+    with pytest.raises(ValueError, match="holds no class_weights"):
+        _class_weights("card", tmp_path)
+    with pytest.raises(ValueError, match="none, card or comma-separated"):
+        _class_weights("balanced", tmp_path)
+    with pytest.raises(ValueError, match="has no card.json.*give the weights explicitly"):
+        _class_weights("card", tmp_path / "elsewhere")
+
+
+def test_the_train_split_is_refused_as_a_held_out_split(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--classifier",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--users",
+            "10",
+            "--clients-per-round",
+            "5",
+            "--eval-splits",
+            "val,train",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "train feeds the devices" in result.output

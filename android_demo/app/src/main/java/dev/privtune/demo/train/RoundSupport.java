@@ -42,6 +42,10 @@ public final class RoundSupport {
             throw new RoundNotSupportedException("round " + round.roundId() + " asks for DP-SAT rho "
                     + dp.dpSatRho() + " (not implemented in this app)");
         }
+        if (dp.classWeights() != null) {
+            throw new RoundNotSupportedException("round " + round.roundId() + " sets class weights "
+                    + dp.classWeights() + " (not implemented in this app; serve such rounds to Python devices)");
+        }
         try {
             manifest.file("optimizer_" + dp.optimizer(), "ort");
         } catch (IllegalArgumentException e) {

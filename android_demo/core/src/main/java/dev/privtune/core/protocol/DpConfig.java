@@ -1,6 +1,8 @@
 package dev.privtune.core.protocol;
 
+import java.util.Collections;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 
 /**
@@ -9,7 +11,9 @@ import java.util.Map;
  * <p>Each local step Poisson-samples the device's examples with rate {@code sampling_rate}, clips
  * every per-example gradient to {@code clip_norm}, sums, adds N(0, (noise_multiplier * clip_norm)^2)
  * per coordinate and divides by the expected batch size. {@code dp_sat_rho}, {@code unit_sparsity}
- * and {@code train_rank} are the round's seed methods (see the Python docstring).
+ * and {@code train_rank} are the round's seed methods (see the Python docstring). {@code class_weights}
+ * (optional, one per label in (0, 1]) weights each clipped per-example gradient by its label's weight; it is
+ * parsed and re-serialized here, and the demo app refuses such rounds ({@code RoundSupport}).
  *
  * <p>Numbers keep the JSON kind they arrived with (an int stays an int), because the update's
  * metadata repeats this object and is signed in canonical form.
@@ -27,6 +31,7 @@ public final class DpConfig {
     private final Number dpSatRho;
     private final Number unitSparsity;
     private final Long trainRank;
+    private final List<Number> classWeights;
 
     private DpConfig(Map<String, Object> m) {
         clipNorm = Fields.requireFloat(OWNER, "clip_norm", m.get("clip_norm"), 0.0, null, true);
@@ -41,13 +46,19 @@ public final class DpConfig {
         unitSparsity = Fields.requireFloat(OWNER, "unit_sparsity", m.get("unit_sparsity"), 0.0, 0.95, false);
         Object rank = m.get("train_rank");
         trainRank = rank == null ? null : Long.valueOf(Fields.requireInt(OWNER, "train_rank", rank, 1));
+        classWeights = m.containsKey("class_weights")
+                ? Fields.requireUnitWeights(OWNER, "class_weights", m.get("class_weights"))
+                : null;
     }
 
-    /** Validates a decoded JSON object with exactly the eleven fields of Python's {@code DpConfig.to_dict()}. */
+    /**
+     * Validates a decoded JSON object with the eleven fields of Python's {@code DpConfig.to_dict()} and, when the
+     * round sets it, {@code class_weights}.
+     */
     public static DpConfig fromMap(Object data) {
         return new DpConfig(Fields.checkKeys(OWNER, data, Fields.keys("clip_norm", "noise_multiplier", "sampling_rate",
                 "local_steps", "learning_rate", "optimizer", "local_epsilon_budget", "local_delta", "dp_sat_rho",
-                "unit_sparsity", "train_rank")));
+                "unit_sparsity", "train_rank"), Fields.keys("class_weights")));
     }
 
     /**
@@ -126,6 +137,11 @@ public final class DpConfig {
         return trainRank;
     }
 
+    /** The per-label weights on clipped gradients, or null when the round sets none. */
+    public List<Number> classWeights() {
+        return classWeights == null ? null : Collections.unmodifiableList(classWeights);
+    }
+
     /** Python's {@code to_dict()}. */
     public Map<String, Object> toMap() {
         Map<String, Object> m = new LinkedHashMap<String, Object>();
@@ -140,6 +156,9 @@ public final class DpConfig {
         m.put("dp_sat_rho", dpSatRho);
         m.put("unit_sparsity", unitSparsity);
         m.put("train_rank", trainRank);
+        if (classWeights != null) {
+            m.put("class_weights", classWeights);
+        }
         return m;
     }
 }

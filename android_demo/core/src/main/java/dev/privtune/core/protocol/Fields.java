@@ -122,8 +122,23 @@ final class Fields {
         }
     }
 
-    /** Exactly the keys {@code required} must be present (Python's _check_keys with no optional keys). */
-    static Map<String, Object> checkKeys(String owner, Object data, Set<String> required) {
+    /**
+     * A list of at least two numbers, each in (0, 1] (Python's {@code DpConfig.class_weights}); the numbers keep
+     * the JSON kind they arrived with, because the update's metadata repeats them in signed canonical form.
+     */
+    static List<Number> requireUnitWeights(String owner, String name, Object value) {
+        if (!(value instanceof List) || ((List<?>) value).size() < 2) {
+            throw fail(owner, name, "must be a list with one weight per label (>= 2)", value);
+        }
+        List<Number> out = new ArrayList<Number>();
+        for (Object item : (List<?>) value) {
+            out.add(requireFloat(owner, name, item, 0.0, 1.0, true));
+        }
+        return Collections.unmodifiableList(out);
+    }
+
+    /** Keys {@code required} must be present, and keys in {@code optional} may be (Python's _check_keys). */
+    static Map<String, Object> checkKeys(String owner, Object data, Set<String> required, Set<String> optional) {
         if (!(data instanceof Map)) {
             throw new ProtocolException(owner + " must be a JSON object, found " + Json.typeName(data));
         }
@@ -132,6 +147,7 @@ final class Fields {
         missing.removeAll(map.keySet());
         Set<String> unknown = new TreeSet<String>(map.keySet());
         unknown.removeAll(required);
+        unknown.removeAll(optional);
         if (!missing.isEmpty()) {
             throw new ProtocolException(owner + " is missing field(s) " + missing);
         }
@@ -139,6 +155,11 @@ final class Fields {
             throw new ProtocolException(owner + " has unknown field(s) " + unknown);
         }
         return map;
+    }
+
+    /** Exactly the keys {@code required} must be present (Python's _check_keys with no optional keys). */
+    static Map<String, Object> checkKeys(String owner, Object data, Set<String> required) {
+        return checkKeys(owner, data, required, Collections.<String>emptySet());
     }
 
     static Set<String> keys(String... names) {

@@ -175,7 +175,7 @@ public class GoldenFilesTest {
         Map<String, Object> spec = golden.json("update_cases.json");
         byte[] secret = Hex.decode((String) spec.get("secret_hex"));
         List<Object> cases = Json.asArray(spec.get("cases"), "cases");
-        assertEquals(3, cases.size());
+        assertEquals(4, cases.size());
         for (Object item : cases) {
             Map<String, Object> c = Json.asObject(item, "case");
             String name = (String) c.get("name");

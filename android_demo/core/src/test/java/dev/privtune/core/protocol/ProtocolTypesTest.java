@@ -52,6 +52,22 @@ public class ProtocolTypesTest {
         assertMessage(roundJson("1.0").replace(HASH, "AB" + HASH.substring(2)), "RoundConfig.manifest_hash must be a lowercase hex sha256");
     }
 
+    @Test
+    public void classWeightsAreOptionalAndKeepTheirJsonForm() {
+        String weighted = roundJson("1.0").replace("\"train_rank\":null}", "\"train_rank\":null,\"class_weights\":[0.25,1]}");
+        RoundConfig round = RoundConfig.fromJson(weighted);
+        assertEquals(JsonWriter.canonical(Json.parse(weighted)), round.toJson());
+        assertEquals(2, round.dp().classWeights().size());
+        assertEquals(0.25, round.dp().classWeights().get(0).doubleValue(), 0.0);
+        assertNull(RoundConfig.fromJson(roundJson("1.0")).dp().classWeights());
+        assertTrue(!RoundConfig.fromJson(roundJson("1.0")).toJson().contains("class_weights"));
+        assertMessage(weighted.replace("[0.25,1]", "[0.25,1.5]"), "DpConfig.class_weights must be <= 1.0");
+        assertMessage(weighted.replace("[0.25,1]", "[0,1]"), "DpConfig.class_weights must be > 0.0");
+        assertMessage(weighted.replace("[0.25,1]", "[1]"), "DpConfig.class_weights must be a list with one weight per label");
+        assertMessage(weighted.replace("[0.25,1]", "0.5"), "DpConfig.class_weights must be a list");
+        assertMessage(weighted.replace("\"class_weights\"", "\"class_weight\""), "DpConfig has unknown field(s) [class_weight]");
+    }
+
     private static void assertMessage(String json, String expected) {
         ProtocolException e = assertThrows(ProtocolException.class, () -> RoundConfig.fromJson(json));
         assertTrue(e.getMessage(), e.getMessage().contains(expected));

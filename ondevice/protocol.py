@@ -533,10 +533,11 @@ class DpConfig:
         if self.class_weights is None:
             return None
         labels = np.asarray(labels, dtype=np.int64)
-        if labels.size and (labels.min() < 0 or labels.max() >= len(self.class_weights)):
+        uncovered = labels[(labels < 0) | (labels >= len(self.class_weights))]
+        if uncovered.size:
             raise ValueError(
-                f"the round's class_weights cover labels 0..{len(self.class_weights) - 1}, found label "
-                f"{int(labels.max()) if labels.max() >= len(self.class_weights) else int(labels.min())}"
+                f"the round's class_weights cover labels 0..{len(self.class_weights) - 1}, "
+                f"found label {int(uncovered[0])}"
             )
         weights: np.ndarray = np.asarray(self.class_weights, dtype=np.float64)[labels]
         return weights

@@ -65,17 +65,6 @@ def _admin_request(method: str, url: str, path: str, token_file: Path | None, pa
     return body
 
 
-def check_class_weights_fit(local_dp: DpConfig, bundle_dir: Path) -> None:
-    """ValueError unless the round's class weights (if any) give one weight per label of the bundle."""
-    from ondevice.bundle import load_manifest
-
-    weights = local_dp.class_weights
-    if weights is not None:
-        labels = load_manifest(bundle_dir).labels
-        if len(weights) != len(labels):
-            raise ValueError(f"--class-weights gives {len(weights)} weights; the bundle has labels {list(labels)}")
-
-
 def local_dp_config(**overrides: float | int | tuple[float, ...] | None) -> DpConfig:
     """The devices' DP-SGD settings: the server defaults with every given (non-None) value replaced."""
     from server_aggregator.config import DEFAULT_LOCAL_DP
@@ -216,7 +205,6 @@ def register(app: typer.Typer) -> None:
                 local_epsilon_budget=local_epsilon_budget,
                 class_weights=parse_class_weights(class_weights, adapter),
             )
-            check_class_weights_fit(local_dp, bundle)
             transport = Transport(
                 host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, insecure=insecure
             )

@@ -119,6 +119,12 @@ class Aggregator:
         self.clock = clock
         self.random = random_source if random_source is not None else SecureRandomSource()
         self.manifest = verify_bundle(config.bundle_dir)
+        weights = config.local_dp.class_weights
+        if weights is not None and len(weights) != len(self.manifest.labels):
+            raise ValueError(
+                f"local_dp.class_weights gives {len(weights)} weights; the bundle has labels "
+                f"{list(self.manifest.labels)} (give one weight per label: serve --class-weights)"
+            )
         self.manifest_hash = self.manifest.manifest_hash()
         self.publisher = Publisher(config.adapter_dir, config.publish_dir, self.manifest)
         self.accountant = ServerAccountant(
